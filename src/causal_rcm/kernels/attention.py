@@ -1,0 +1,62 @@
+"""Attention dispatch: one entry point, several backends that agree up to rounding.
+
+- ``mask is None``: plain SDPA (flash / memory-efficient kernels on GPU). Streaming with a KV cache is
+  always this case: the cache holds exactly the keys the current block may see.
+- a mask on CUDA: FlexAttention with a block mask built from the mask's frame rule, compiled once and
+  cached per (mask, shape).
+- a mask elsewhere (CPU, tests): SDPA with the dense boolean mask, cached per (mask, shape).
+
+Shapes: q [B, H, Lq, d], k and v [B, H, Lk, d]. ``q_offset`` is the number of key tokens that precede the
+first query (a cached prefix), so query row i is token ``q_offset + i`` of the masked sequence.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ..models.masks import Mask
+
+BACKENDS = ("auto", "sdpa", "flex")
+
+
+def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None, q_offset: int = 0,
+              backend: str = "auto") -> torch.Tensor:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    if frame_tokens is None:
+        raise ValueError("a masked attention needs frame_tokens (tokens per latent frame)")
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if Lk % frame_tokens or (q_offset + Lq) > Lk:
+        raise ValueError(f"keys ({Lk}) must be whole frames of {frame_tokens} tokens and cover the queries "
+                         f"(offset {q_offset} + {Lq})")
+    T = mask.video_frames(Lk // frame_tokens)
+    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda)
+    if use_flex:
+        block_mask = _flex_block_mask(mask, frame_tokens, T, Lq, Lk, q_offset, q.device)
+        return _compiled_flex()(q, k, v, block_mask=block_mask)
+    dense = _dense_mask(mask, frame_tokens, T, q_offset, Lq, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+
+
+@functools.lru_cache(maxsize=64)
+def _dense_mask(mask: Mask, frame_tokens: int, T: int, q_offset: int, Lq: int, device) -> torch.Tensor:
+    return mask.dense(frame_tokens, T, device=device)[q_offset:q_offset + Lq]
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_block_mask(mask: Mask, frame_tokens: int, T: int, Lq: int, Lk: int, q_offset: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(mask.mask_mod(frame_tokens, T, q_offset), B=None, H=None, Q_LEN=Lq, KV_LEN=Lk,
+                             device=device)
