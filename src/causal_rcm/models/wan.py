@@ -197,6 +197,7 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
         self._freqs = rope_freqs(cfg.head_dim)
+        self._rope_memo: dict = {}
         self.init_weights()
 
     # ----- construction -------------------------------------------------------------------------
@@ -293,7 +294,7 @@ class WanDiT(nn.Module):
         else:
             frame_pos = mask.frame_positions(mask.video_frames(nf)) if mask is not None else torch.arange(nf)
             ctx_kv = self.context_kv(context)
-        rope = rope_tables(self._freqs, frame_pos, hp, wp, x.device)
+        rope = self.rope(frame_pos, hp, wp, x.device)
 
         for i, blk in enumerate(self.blocks):
             if cache is not None:
@@ -306,6 +307,15 @@ class WanDiT(nn.Module):
         if cache is not None:
             cache.end()
         return self.unpatchify(self.head(tokens, e), grid)
+
+    def rope(self, frame_pos: torch.Tensor, hp: int, wp: int, device):
+        """RoPE cos/sin tables, memoised per (positions, grid, device): built in fp64 on the CPU once."""
+        key = (tuple(frame_pos.tolist()), hp, wp, str(device))
+        if key not in self._rope_memo:
+            if len(self._rope_memo) >= 64:
+                self._rope_memo.clear()
+            self._rope_memo[key] = rope_tables(self._freqs, frame_pos, hp, wp, device)
+        return self._rope_memo[key]
 
     def new_cache(self, max_frames: int, frame_tokens: int, pattern=None, window=None, sink=0) -> KVCache:
         return KVCache(self.cfg.num_layers, frame_tokens, max_frames, pattern, window, sink)

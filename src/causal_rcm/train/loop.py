@@ -1,0 +1,149 @@
+"""The training loop every stage shares: resume, progress, JSONL logs, checkpoints, evaluation, NaN guard.
+
+A stage supplies ``step_fn(step) -> metrics`` (its forward, backward and optimiser updates) and the
+objects to checkpoint; the loop owns everything around it. A kill loses at most the steps since the last
+checkpoint: ``run_loop`` resumes from ``RUN/checkpoints/latest`` when it exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_training_state, save_training_state
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4000
+    batch: int = 128
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ckpt_every: int = 500
+    eval_every: int = 1000
+    log_every: int = 25
+    seed: int = 0
+    precision: str = "bf16"  # autocast dtype on GPU; CPUs always run fp32
+    num_workers: int = 4
+    max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def device_and_autocast(precision: str, device: str | None = None):
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and precision in ("bf16", "fp16"):
+        dt = torch.bfloat16 if precision == "bf16" else torch.float16
+        return dev, lambda: torch.autocast("cuda", dtype=dt)
+    return dev, nullcontext
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up, then constant (EMA does the averaging)."""
+    return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup))
+
+
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_clip: float,
+                   sched=None) -> float:
+    """backward, clip, step; returns the gradient norm before clipping. Raises on a non-finite loss."""
+    if not torch.isfinite(loss):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(f"loss is {loss.item()}")
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(f"gradient norm is {norm.item()}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if sched is not None:
+        sched.step()
+    return float(norm)
+
+
+class JsonlLog:
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dict], state: dict,
+             optimizers: dict, evaluate: Callable[[int], dict] | None = None, desc: str = "train",
+             on_resume: Callable[[int, dict], None] | None = None) -> int:
+    """Run steps [start, cfg.steps); returns the number of steps done in total."""
+    run_dir = Path(run_dir)
+    log = JsonlLog(run_dir / "metrics.jsonl")
+    start, extra = 0, {}
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        start, extra = load_training_state(ckpt, state, optimizers)
+        if on_resume is not None:
+            on_resume(start, extra)
+        tqdm.write(f"[{desc}] resumed from {ckpt} at step {start}")
+    if start >= cfg.steps:
+        return start
+
+    bad, sums, count = 0, {}, 0
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, dynamic_ncols=True)
+    step = start
+    try:
+        for step in bar:
+            try:
+                metrics = step_fn(step)
+                bad = 0
+            except NonFiniteLoss as e:
+                bad += 1
+                log.write({"step": step, "event": "non_finite", "detail": str(e)})
+                if bad >= cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad} consecutive non-finite steps at step {step} ({e}); lower the "
+                                       f"learning rate or check the data; last good checkpoint is kept") from e
+                continue
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rec = {k: v / count for k, v in sums.items()}
+                rec.update(step=done, time=round(time.time() - t0, 2))
+                log.write(rec)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")})
+                sums, count = {}, 0
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                save_training_state(run_dir, done, state, optimizers, extra)
+            if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
+                scores = evaluate(done)
+                log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
+                tqdm.write(f"[{desc}] step {done}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
+    except KeyboardInterrupt:
+        tqdm.write(f"[{desc}] interrupted at step {step}: saving a checkpoint")
+        save_training_state(run_dir, step, state, optimizers, extra)
+        raise
+    finally:
+        bar.close()
+    return cfg.steps
