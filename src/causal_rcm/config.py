@@ -79,6 +79,12 @@ def _blob_s() -> WanConfig:
                      num_layers=6, patch_size=(1, 4, 4))
 
 
+def _blob_tiny() -> WanConfig:
+    # The CPU demo's world (16x16, 9 frames): 16 tokens per frame, ~0.2M parameters.
+    return WanConfig(in_dim=3, out_dim=3, dim=64, ffn_dim=256, freq_dim=64, text_dim=32, num_heads=2,
+                     num_layers=3, patch_size=(1, 4, 4))
+
+
 def _wan_1_3b() -> WanConfig:
     return WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
 
@@ -87,7 +93,7 @@ def _wan_14b() -> WanConfig:
     return WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 
-PRESETS = {"tiny": _tiny, "blob-s": _blob_s, "wan2.1-1.3b": _wan_1_3b, "wan2.1-14b": _wan_14b}
+PRESETS = {"tiny": _tiny, "blob-tiny": _blob_tiny, "blob-s": _blob_s, "wan2.1-1.3b": _wan_1_3b, "wan2.1-14b": _wan_14b}
 
 
 def preset(name: str) -> WanConfig:

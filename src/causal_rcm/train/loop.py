@@ -37,6 +37,7 @@ class TrainConfig:
     precision: str = "bf16"  # autocast dtype on GPU; CPUs always run fp32
     num_workers: int = 4
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    time_limit: float = 0.0  # seconds; > 0 stops early (with a checkpoint) once exceeded
 
 
 class NonFiniteLoss(RuntimeError):
@@ -56,8 +57,7 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup))
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_clip: float,
-                   sched=None) -> float:
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_clip: float) -> float:
     """backward, clip, step; returns the gradient norm before clipping. Raises on a non-finite loss."""
     if not torch.isfinite(loss):
         opt.zero_grad(set_to_none=True)
@@ -69,8 +69,6 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_
         raise NonFiniteLoss(f"gradient norm is {norm.item()}")
     opt.step()
     opt.zero_grad(set_to_none=True)
-    if sched is not None:
-        sched.step()
     return float(norm)
 
 
@@ -91,10 +89,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def progress(iterable=None, **kw):
+    """tqdm that refreshes often on a terminal and rarely in a log file."""
+    import sys
+
+    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)
+    kw.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kw)
+
+
 def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dict], state: dict,
              optimizers: dict, evaluate: Callable[[int], dict] | None = None, desc: str = "train",
              on_resume: Callable[[int, dict], None] | None = None) -> int:
-    """Run steps [start, cfg.steps); returns the number of steps done in total."""
+    """Run steps [start, cfg.steps) (or until ``cfg.time_limit``); returns the number of steps done."""
     run_dir = Path(run_dir)
     log = JsonlLog(run_dir / "metrics.jsonl")
     start, extra = 0, {}
@@ -109,7 +116,7 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
 
     bad, sums, count = 0, {}, 0
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, dynamic_ncols=True)
+    bar = progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc)
     step = start
     try:
         for step in bar:
@@ -135,11 +142,17 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 sums, count = {}, 0
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 save_training_state(run_dir, done, state, optimizers, extra)
+            out_of_time = cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit
+            if out_of_time and done % cfg.ckpt_every:
+                save_training_state(run_dir, done, state, optimizers, extra)
             if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
                 scores = evaluate(done)
                 log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
                 tqdm.write(f"[{desc}] step {done}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
+            if out_of_time:
+                tqdm.write(f"[{desc}] time limit of {cfg.time_limit:.0f} s reached at step {done}; checkpoint saved")
+                return done
     except KeyboardInterrupt:
         tqdm.write(f"[{desc}] interrupted at step {step}: saving a checkpoint")
         save_training_state(run_dir, step, state, optimizers, extra)

@@ -1,0 +1,83 @@
+"""Scoring bundles on the world's metrics and writing a run's report.md (table, curves, sample strips)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..data.blobworld import save_samples
+from ..eval.media import write_media
+from ..eval.metrics import evaluate
+from ..eval.report import image, metrics_table, plot_curves, plot_eval_curves, write_report
+from ..generate import Generator
+from .common import EvalConfig, WorldConfig
+
+
+@dataclass
+class Scored:
+    name: str
+    metrics: dict
+    videos: np.ndarray
+    prompts: list[str]
+    seconds: float
+    note: str = ""
+
+
+def eval_prompts(world: WorldConfig, ev: EvalConfig) -> list[str]:
+    return [p for p in world.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
+
+
+def score_data(world: WorldConfig, ev: EvalConfig) -> Scored:
+    """The "data" row: freshly rendered videos with the same prompts as the models get."""
+    prompts = eval_prompts(world, ev)
+    t0 = time.time()
+    s = world.sample(len(prompts), seed=ev.seed + 1, prompts=prompts)
+    return Scored("data (rendered)", evaluate(s["videos"], prompts), s["videos"], prompts, time.time() - t0)
+
+
+def score_bundle(name: str, bundle: str | Path | Generator, ev: EvalConfig, device=None, **sampling) -> Scored:
+    gen = bundle if isinstance(bundle, Generator) else Generator.load(bundle, device=device)
+    prompts = eval_prompts(gen.world, ev)
+    t0 = time.time()
+    videos = gen.sample(prompts, seed=ev.seed, batch=ev.batch, **sampling)
+    seconds = time.time() - t0
+    desc = ", ".join(f"{k}={v}" for k, v in {**gen.sampling, **{k: v for k, v in sampling.items() if v}}.items()
+                     if k in ("steps", "cfg", "shift", "pattern"))
+    return Scored(name, evaluate(videos, prompts), videos, prompts, seconds, desc)
+
+
+def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], intro: str = "") -> Path:
+    """out/report.md with the metrics table, training curves, and a sample strip + GIF per row."""
+    sections = report_sections(out, scored, run_dirs, root=out)
+    return write_report(out / "report.md", title, ([("About", intro)] if intro else []) + sections)
+
+
+def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], root: Path) -> list[tuple[str, str]]:
+    """The report's sections; figures and samples are written under ``out``, linked relative to ``root``."""
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in scored:
+        n = len(s.videos)
+        rows.append({"name": s.name, **s.metrics, "samples": n, "sec/video": s.seconds / max(n, 1),
+                     "sampling": s.note})
+    sections = [("Metrics (Blobworld spec §4)", metrics_table(rows, extra_cols=("samples", "sec/video", "sampling"))
+                 + "\n\nEntropies need ≥ 16 samples per prompt; 'n/a' where there are fewer.")]
+    curves = plot_curves(run_dirs, out / "plots" / "loss.png") if run_dirs else None
+    if curves:
+        sections.append(("Training curves", image(curves.relative_to(root), "training loss per stage")))
+    evals = plot_eval_curves(run_dirs, out / "plots" / "eval.png") if run_dirs else None
+    if evals:
+        sections.append(("Evaluations during training", image(evals.relative_to(root), "world metrics vs step")))
+    samples = []
+    for s in scored:
+        slug = "".join(c if c.isalnum() else "_" for c in s.name).strip("_")
+        save_samples(out / "samples" / f"{slug}.npz", s.videos, s.prompts)
+        media = write_media(s.videos[:32], out / "samples" / slug)
+        png = next(m for m in media if m.suffix == ".png")
+        gif = next(m for m in media if m.suffix == ".gif")
+        samples.append(f"**{s.name}** ([GIF]({gif.relative_to(root).as_posix()}))\n\n"
+                       + image(png.relative_to(root), f"{s.name}: evenly spaced frames of the first samples"))
+    sections.append(("Samples", "\n\n".join(samples)))
+    return sections

@@ -1,0 +1,142 @@
+"""Stage 0: train the bidirectional teacher and its text encoder on a built-in world (METHOD.md §1).
+
+    causal-rcm train teacher --preset blob-s [key=value ...] --out RUN
+
+Writes RUN/config.json, RUN/checkpoints/, RUN/metrics.jsonl (train losses and periodic world metrics of
+EMA samples) and, at the end, RUN/teacher.safetensors (the EMA weights as a bundle).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import WanConfig, apply_overrides
+from ..config import preset as model_preset
+from ..data.blobworld import to_model
+from ..data.stream import world_loader
+from ..eval.metrics import evaluate as world_metrics
+from ..flow import sample_t
+from ..generate import Generator
+from ..models.conditioning import TextEncoderConfig, WorldTextEncoder
+from ..models.wan import WanDiT
+from ..objectives.teacher import flow_matching_loss
+from ..train.checkpoint import save_bundle
+from ..train.ema import EMA
+from ..train.loop import TrainConfig, device_and_autocast, lr_lambda, optimizer_step, run_loop
+from .common import EvalConfig, SampleConfig, WorldConfig
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: WanConfig = field(default_factory=lambda: model_preset("blob-s"))
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    t_sampler: str = "logit_normal"  # shifted | logit_normal | uniform
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    t_shift: float = 3.0
+    cfg_dropout: float = 0.1
+    compile: bool = True  # torch.compile the network on GPU
+
+
+def teacher_preset(name: str) -> TeacherConfig:
+    if name == "blob-s":
+        return TeacherConfig(train=TrainConfig(steps=12000, batch=256, lr=4e-4, warmup=500, ema_decay=0.9995,
+                                               ckpt_every=1000, eval_every=4000, num_workers=12))
+    if name == "blob-tiny":
+        return TeacherConfig(
+            model=model_preset("blob-tiny"), text=TextEncoderConfig(dim=32, num_layers=1, num_heads=2),
+            world=WorldConfig(size=16, frames=9),
+            train=TrainConfig(steps=400, batch=32, lr=1e-3, warmup=50, ema_decay=0.99, ckpt_every=200,
+                              eval_every=400, num_workers=1),
+            sample=SampleConfig(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
+    raise ValueError(f"unknown teacher preset {name!r}; choose blob-s or blob-tiny")
+
+
+def build_teacher(cfg: TeacherConfig) -> tuple[WanDiT, WorldTextEncoder]:
+    if cfg.model.text_dim != cfg.text.dim:
+        raise ValueError(f"model.text_dim={cfg.model.text_dim} must equal text.dim={cfg.text.dim}")
+    if cfg.model.in_dim != 3 or cfg.model.out_dim != 3:
+        raise ValueError("Blobworld models see RGB pixels: model.in_dim and model.out_dim must be 3")
+    net = WanDiT(cfg.model)
+    text = WorldTextEncoder.for_prompts(list(cfg.world.prompts()) + ["no ball"], **{
+        k: v for k, v in cfg.text.to_dict().items() if k != "vocab"})
+    return net, text
+
+
+def config_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate_generator(gen: Generator, ev: EvalConfig, sampling: dict | None = None) -> dict:
+    prompts = [p for p in gen.world.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
+    videos = gen.sample(prompts, seed=ev.seed, batch=ev.batch, show_progress=False, **(sampling or {}))
+    return world_metrics(videos, prompts)
+
+
+def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = None) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"stage": "teacher", **config_dict(cfg)}, indent=2))
+    tc = cfg.train
+    seed_everything(tc.seed)
+    dev, autocast = device_and_autocast(tc.precision, device)
+    net, text = build_teacher(cfg)
+    teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
+    ema = EMA(teacher, decay=tc.ema_decay)
+    params = [p for p in teacher.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    lr_at = lr_lambda(tc)
+    fwd = torch.compile(net) if (cfg.compile and dev.type == "cuda") else net
+    gen_t = torch.Generator(device=dev)
+    sampling = dataclasses.asdict(cfg.sample) | {"method": "euler"}
+    data = {}
+
+    def step_fn(step: int) -> dict:
+        if "it" not in data:
+            data["it"] = world_loader(cfg.world, tc.batch, tc.seed, step, tc.num_workers if dev.type == "cuda" else 0)
+        batch = next(data["it"])
+        gen_t.manual_seed(tc.seed * 1_000_003 + step)
+        x0 = to_model(batch["videos"]).to(dev, non_blocking=True)
+        drop = torch.rand(x0.shape[0], generator=gen_t, device=dev).tolist()
+        prompts = [p if d >= cfg.cfg_dropout else "" for p, d in zip(batch["prompts"], drop)]
+        t = sample_t(cfg.t_sampler, x0.shape[0], gen_t, dev, cfg.t_shift, cfg.t_mean, cfg.t_std)
+        eps = torch.randn(x0.shape, generator=gen_t, device=dev)
+        with autocast():
+            ctx = text.encode(prompts)
+            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx)
+        for group in opt.param_groups:
+            group["lr"] = tc.lr * lr_at(step)
+        metrics["grad_norm"] = optimizer_step(loss, opt, params, tc.grad_clip)
+        ema.update(teacher)
+        metrics["lr"] = opt.param_groups[0]["lr"]
+        return {k: float(v) for k, v in metrics.items()}
+
+    def evaluate(step: int) -> dict:
+        g = Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
+        return evaluate_generator(g, cfg.eval)
+
+    run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": opt}, evaluate, "teacher")
+    bundle = dict(kind="teacher", model=cfg.model.to_dict(), text_encoder=text.cfg.to_dict(),
+                  world=dataclasses.asdict(cfg.world), sampling=sampling)
+    return save_bundle(run_dir / "teacher.safetensors",
+                       {"net": ema.model["net"], "text_encoder": ema.model["text_encoder"]}, bundle)
+
+
+def resolve(preset_name: str, overrides: list[str]) -> TeacherConfig:
+    return apply_overrides(teacher_preset(preset_name), overrides)
