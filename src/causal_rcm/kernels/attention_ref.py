@@ -42,8 +42,8 @@ def check_attention_args(q, k, v, mask: Mask | None, frame_tokens: int | None, s
                          q_offset: int) -> JvpShape:
     """Validate shapes and the mask's frame layout; returns the sizes and the softmax scale."""
     if q.dim() != 4 or k.shape[:2] != q.shape[:2] or k.shape != v.shape or k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"expected q [B, H, Lq, d] and k, v [B, H, Lk, d]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(f"expected q [B, H, Lq, d] and k, v [B, H, Lk, d]; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     B, H, Lq, d = q.shape
@@ -56,7 +56,10 @@ def check_attention_args(q, k, v, mask: Mask | None, frame_tokens: int | None, s
             raise ValueError(f"keys ({Lk}) must be whole frames of {frame_tokens} tokens and cover the "
                              f"queries (q_offset {q_offset} + Lq {Lq})")
         T = mask.video_frames(Lk // frame_tokens)
-    return JvpShape(B, H, Lq, Lk, d, T, float(d ** -0.5 if scale is None else scale))
+    scale = float(d ** -0.5 if scale is None else scale)
+    if not scale > 0:
+        raise ValueError(f"the softmax scale must be positive, got {scale}")
+    return JvpShape(B, H, Lq, Lk, d, T, scale)
 
 
 def check_jvp_args(q, k, v, tq, tk, tv, mask: Mask | None, frame_tokens: int | None, scale: float | None,
@@ -129,8 +132,8 @@ def attention_ref(q, k, v, mask: Mask | None = None, frame_tokens: int | None = 
     kT, v_ = k.to(ct).transpose(-1, -2), v.to(ct)
     out = []
     for i0, i1 in _row_chunks(shp):
-        p = _softmax_rows(q[..., i0:i1, :].to(ct), kT, mask, frame_tokens, shp.T, i0, i1, q_offset, shp.scale)
-        out.append(p @ v_)
+        q_c = q[..., i0:i1, :].to(ct)
+        out.append(_softmax_rows(q_c, kT, mask, frame_tokens, shp.T, i0, i1, q_offset, shp.scale) @ v_)
     return torch.cat(out, dim=-2).to(q.dtype)
 
 

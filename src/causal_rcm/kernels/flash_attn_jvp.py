@@ -140,6 +140,18 @@ def _visible(r_blk, r_noisy, offs_n, N_TOK, T, MASK_KIND: tl.constexpr, FIRST: t
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_MODE: tl.constexpr):
+    """a·b (+ acc) accumulated in fp32. DOT_MODE: "tf32" for fp16/bf16 operands (tensor cores; the flag only
+    matters for fp32), "ieee" for fp32 operands, "upcast" to feed bf16 operands as fp32 (Triton 3.6's
+    interpreter multiplies bf16 operands wrongly; the values, and so the result, are the same)."""
+    if DOT_MODE == "upcast":
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc, input_precision=DOT_MODE)
+    return out
+
+
+@triton.jit
 def _load_rows(ptrs, row_ok, offs_d, ROWS_MASKED: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr):
     """Load a [rows, BLOCK_D] tile; rows outside ``row_ok`` and padded channels >= HEAD_DIM read 0."""
@@ -163,45 +175,50 @@ def _attend_tiles(acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV,
                   TANGENT: tl.constexpr, KEY_T: tl.constexpr, MASKED: tl.constexpr,
                   BLOCK_N: tl.constexpr, STAGES: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                   MASK_KIND: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr, WINDOW: tl.constexpr,
-                  SINK: tl.constexpr, DOT_PREC: tl.constexpr):
+                  SINK: tl.constexpr, DOT_MODE: tl.constexpr):
     """Online-softmax update over key tiles starting at start, start + BLOCK_N, … < stop (keys < hi).
 
     MASKED tiles bound the keys by ``hi`` and apply the frame rule; KEY_T tiles add QK̇ᵀ to Ṡ and PV̇ to
-    the tangent accumulator.
+    the tangent accumulator. The tangent accumulators hold tacc / scale and r / scale.
     """
     qk_scale = sm_scale * LOG2E
     for n0 in tl.range(start, stop, BLOCK_N, num_stages=STAGES):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         in_k = offs_n < hi
         k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], in_k, offs_d, MASKED, HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        s = _dot(q, tl.trans(k), None, DOT_MODE)  # S / scale
         if MASKED:
             vis = in_k[None, :]
             if MASK_KIND != 0:
                 vis = vis & _visible(r_blk, r_noisy, offs_n, N_TOK, T, MASK_KIND, FIRST, CHUNK, WINDOW, SINK)
             s = tl.where(vis, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = m_new
-        p = tl.math.exp2(s - m_ref[:, None])
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        if MASKED:
+            # A row that has seen no visible key yet keeps m = -inf; subtracting 0 instead keeps exp2 at 0.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        p = tl.math.exp2(s * qk_scale - m_ref[:, None])
         alpha = tl.math.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], in_k, offs_d, MASKED, HEAD_DIM, BLOCK_D)
         if TANGENT:
-            s_dot = tl.dot(qd, tl.trans(k), input_precision=DOT_PREC)
+            # Ṡ / scale, and below P⊙Ṡ / scale: the scale is applied once, to Ȯ at the end.
+            s_dot = _dot(qd, tl.trans(k), None, DOT_MODE)
             if KEY_T:
                 kd = _load_rows(TK + (offs_n - TANGENT_KEYS)[:, None] * stride_tkn + offs_d[None, :], in_k,
                                 offs_d, MASKED, HEAD_DIM, BLOCK_D)
-                s_dot = tl.dot(q, tl.trans(kd), s_dot, input_precision=DOT_PREC)
-            ps = p * (s_dot * sm_scale)
+                s_dot = _dot(q, tl.trans(kd), s_dot, DOT_MODE)
+            ps = p * s_dot
             r_i = r_i * alpha + tl.sum(ps, 1)
             tacc = tacc * alpha[:, None]
-            tacc = tl.dot(ps.to(v.dtype), v, tacc, input_precision=DOT_PREC)
+            tacc = _dot(ps.to(v.dtype), v, tacc, DOT_MODE)
             if KEY_T:
                 vd = _load_rows(TV + (offs_n - TANGENT_KEYS)[:, None] * stride_tvn + offs_d[None, :], in_k,
                                 offs_d, MASKED, HEAD_DIM, BLOCK_D)
-                tacc = tl.dot(p.to(vd.dtype), vd, tacc, input_precision=DOT_PREC)
+                tacc = _dot((p * (1.0 / sm_scale)).to(vd.dtype), vd, tacc, DOT_MODE)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        acc = _dot(p.to(v.dtype), v, acc, DOT_MODE)
         m_i = m_new
     return acc, tacc, m_i, l_i, r_i
 
@@ -211,17 +228,17 @@ def _attend_part(acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, strid
                  lo, ev, hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale,
                  TANGENT: tl.constexpr, KEY_T: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, FIRST: tl.constexpr,
-                 CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, DOT_PREC: tl.constexpr):
+                 CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, DOT_MODE: tl.constexpr):
     """Keys [lo, hi): the full tiles of [lo, ev) without element mask, the remaining tiles masked."""
     mid = lo + ((tl.minimum(tl.maximum(ev, lo), hi) - lo) // BLOCK_N) * BLOCK_N
     acc, tacc, m_i, l_i, r_i = _attend_tiles(
         acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
         lo, mid, hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T, False,
-        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
     return _attend_tiles(
         acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
         mid, hi, hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T, True,
-        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
 
 
 @triton.jit
@@ -229,7 +246,7 @@ def _attend_range(acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stri
                   lo, ev, hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale,
                   TANGENT: tl.constexpr, KEY_T_MODE: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr, FIRST: tl.constexpr,
-                  CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, DOT_PREC: tl.constexpr):
+                  CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr, DOT_MODE: tl.constexpr):
     """One key range, split at TANGENT_KEYS into keys with zero tangent and keys with a tangent.
 
     KEY_T_MODE: 0 no key has a tangent, 2 every key has one, 1 keys >= TANGENT_KEYS have one.
@@ -239,17 +256,17 @@ def _attend_range(acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stri
         acc, tacc, m_i, l_i, r_i = _attend_part(
             acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
             lo, tl.minimum(ev, split), split, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale,
-            TANGENT, False, BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+            TANGENT, False, BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
         acc, tacc, m_i, l_i, r_i = _attend_part(
             acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
             split, tl.maximum(ev, split), hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale,
-            TANGENT, True, BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+            TANGENT, True, BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
     else:
         acc, tacc, m_i, l_i, r_i = _attend_part(
             acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
             lo, ev, hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale,
             TANGENT, TANGENT and KEY_T_MODE == 2, BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK,
-            WINDOW, SINK, DOT_PREC)
+            WINDOW, SINK, DOT_MODE)
     return acc, tacc, m_i, l_i, r_i
 
 
@@ -260,7 +277,7 @@ def _attend_query_tile(Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MASK_KIND: tl.constexpr,
                        FIRST: tl.constexpr, CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr,
-                       DOT_PREC: tl.constexpr):
+                       DOT_MODE: tl.constexpr):
     """Query rows [row0, row0 + BLOCK_M) of one head: O, and Ȯ for rows >= TANGENT_ROWS when TANGENT."""
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -292,18 +309,18 @@ def _attend_query_tile(Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_
     acc, tacc, m_i, l_i, r_i = _attend_range(
         acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
         a_lo, a_ev, a_hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T_MODE,
-        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
-    if MASK_KIND == 2 or WINDOW > 0:  # the other masks give one range
+        BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
+    if MASK_KIND == 2 or WINDOW > 0:  # dense and window-less block-causal masks give a single range
         acc, tacc, m_i, l_i, r_i = _attend_range(
             acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
             b_lo, b_ev, b_hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T_MODE,
-            BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+            BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
     inv_l = 1.0 / l_i  # every row sees at least its own block, so l > 0
     o = acc * inv_l[:, None]
     out_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(O + offs_m[:, None] * stride_om + offs_d[None, :], o.to(O.dtype.element_ty), mask=out_mask)
     if TANGENT:
-        to = (tacc - r_i[:, None] * o) * inv_l[:, None]
+        to = (tacc - r_i[:, None] * o) * (inv_l * sm_scale)[:, None]
         tl.store(TO + (offs_m - TANGENT_ROWS)[:, None] * stride_tom + offs_d[None, :], to.to(TO.dtype.element_ty),
                  mask=out_mask & has_t[:, None])
 
@@ -319,7 +336,7 @@ def _attn_fwd_jvp_kernel(
         BLOCK_N_FWD: tl.constexpr, STAGES_FWD: tl.constexpr, BLOCK_N_JVP: tl.constexpr, STAGES_JVP: tl.constexpr,
         HAS_FWD: tl.constexpr, HAS_JVP: tl.constexpr, KEY_T_MODE: tl.constexpr,
         MASK_KIND: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr, WINDOW: tl.constexpr,
-        SINK: tl.constexpr, DOT_PREC: tl.constexpr):
+        SINK: tl.constexpr, DOT_MODE: tl.constexpr):
     """Grid (B·H, N_JVP_TILES + N_FWD_TILES). Axis 1 lists JVP tiles (rows JVP_ROW0…, with tangent) and then
     forward-only tiles (rows 0…), each group last tile first: under causal masks later rows see more keys,
     so the longest programs start first and the short ones fill the tail."""
@@ -341,14 +358,14 @@ def _attn_fwd_jvp_kernel(
                 Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_vn, stride_tqm, stride_tkn, stride_tvn,
                 stride_om, stride_tom, JVP_ROW0 + (N_JVP_TILES - 1 - t) * BLOCK_M, LQ, LK, Q_OFFSET,
                 TANGENT_ROWS, TANGENT_KEYS, N_TOK, T, sm_scale, True, KEY_T_MODE, BLOCK_M, BLOCK_N_JVP,
-                STAGES_JVP, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+                STAGES_JVP, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
     if HAS_FWD:
         if t >= N_JVP_TILES:
             _attend_query_tile(
                 Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_vn, stride_tqm, stride_tkn, stride_tvn,
                 stride_om, stride_tom, (N_FWD_TILES - 1 - (t - N_JVP_TILES)) * BLOCK_M, LQ, LK, Q_OFFSET,
                 TANGENT_ROWS, TANGENT_KEYS, N_TOK, T, sm_scale, False, KEY_T_MODE, BLOCK_M, BLOCK_N_FWD,
-                STAGES_FWD, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_PREC)
+                STAGES_FWD, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
 
 
 @dataclass(frozen=True)
@@ -376,16 +393,25 @@ INTERPRETER_CONFIG = KernelConfig(Tiles(16, 16, 1, 1), Tiles(16, 16, 1, 1))
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> KernelConfig:
-    """Fixed tiles per head_dim and dtype, measured on one H100 (docs/kernels.md). The tangent programs
-    keep two [BLOCK_M, d] fp32 accumulators and two [BLOCK_M, BLOCK_N] fp32 score tiles in registers,
-    so they take narrower key tiles than the forward-only ones."""
+    """Fixed tiles per head_dim and dtype. The d = 128 half-precision entry is the fastest of the candidates
+    timed on one H100 (benchmarks/attention_jvp.py --sweep; docs/kernels.md); the others were chosen from
+    the compiler's register report (no spills in the loops), not timed. Tangent programs keep two
+    [BLOCK_M, d] fp32 accumulators and two [BLOCK_M, BLOCK_N] fp32 score tiles in registers, so they take
+    narrower key tiles than forward-only ones; two launches beat one fused launch, whose register
+    allocation must fit both programs."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG
     if dtype == torch.float32 or head_dim > 128:
         return KernelConfig(Tiles(64, 32, 4, 2), Tiles(64, 32, 4, 2))
     if head_dim <= 64:
-        return KernelConfig(Tiles(128, 64, 4, 3), Tiles(128, 64, 8, 3))
-    return KernelConfig(Tiles(128, 128, 8, 2), Tiles(128, 64, 8, 2))
+        return KernelConfig(Tiles(128, 128, 8, 3), Tiles(128, 64, 8, 3), fused=False)
+    return KernelConfig(Tiles(128, 128, 8, 3), Tiles(128, 32, 8, 3), fused=False)
+
+
+def _dot_mode(q: torch.Tensor) -> str:
+    if q.dtype == torch.float32:
+        return "ieee"
+    return "upcast" if q.dtype == torch.bfloat16 and not q.is_cuda else "tf32"
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -404,6 +430,8 @@ def flash_attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tok
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton attention JVP runs on CUDA tensors, or on the CPU only under Triton's "
                            "interpreter (TRITON_INTERPRET=1 set before triton is imported); use backend='ref'")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"the Triton attention JVP takes fp16, bf16 or fp32 inputs, got {q.dtype}")
     B, H, Lq, Lk, d = shp.B, shp.H, shp.Lq, shp.Lk, shp.d
     q, k, v, tq, tk, tv = (_rows_contiguous(x) for x in (q, k, v, tq, tk, tv))
     o = torch.empty(B, H, Lq, d, dtype=q.dtype, device=q.device)
@@ -426,7 +454,7 @@ def flash_attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tok
         MASK_KIND=0, FIRST=1, CHUNK=1, NUM_FRAMES=1, WINDOW=0, SINK=0)
     common = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), KEY_T_MODE=key_t_mode,
                   MASK_KIND=ka["MASK_KIND"], FIRST=ka["FIRST"], CHUNK=ka["CHUNK"], WINDOW=ka["WINDOW"],
-                  SINK=ka["SINK"], DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+                  SINK=ka["SINK"], DOT_MODE=_dot_mode(q))
     args = (q, k, v, tq_, tk_, tv_, o, to_, *_strides(q), *_strides(k), *_strides(v), *_strides(tq_),
             *_strides(tk_), *_strides(tv_), *_strides(o), *_strides(to_), H, Lq, Lk, q_offset, tangent_rows,
             tangent_keys, frame_tokens or 1, ka["NUM_FRAMES"], shp.scale)
