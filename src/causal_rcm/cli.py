@@ -47,6 +47,8 @@ def _train(a):
 
 def _generate(a):
     from .data.blobworld import save_samples
+
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     from .eval.media import write_media
     from .generate import Generator
 
@@ -63,7 +65,7 @@ def _generate(a):
             raise ValueError(f"prompt {p!r} is not a {gen.world.name} {gen.world.variant} prompt; valid: "
                              + ", ".join(repr(x) for x in gen.world.prompts()))
     t0 = time.time()
-    videos = gen.sample(prompts, seed=a.seed, steps=a.steps, cfg=a.cfg)
+    videos = gen.sample(prompts, seed=a.seed, steps=a.steps, cfg=a.cfg, shift=a.shift)
     dt = time.time() - t0
     save_samples(a.out, videos, prompts)
     media = write_media(videos[:64], Path(a.out).with_suffix(""))
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample videos from a checkpoint bundle")
     g.add_argument("--ckpt", required=True)
     g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--cfg", type=float, default=None)
+    g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (teachers)")
+    g.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (teachers)")
     g.add_argument("--prompt", default=None, help="one prompt for every sample")
     g.add_argument("--n", type=int, default=16)
     g.add_argument("--per-prompt", type=int, default=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +28,7 @@ from ..models.conditioning import TextEncoderConfig, WorldTextEncoder
 from ..models.wan import WanDiT
 from ..objectives.teacher import flow_matching_loss
 from ..train.checkpoint import save_bundle
-from ..train.ema import EMA
-from ..train.loop import TrainConfig, device_and_autocast, lr_lambda, optimizer_step, run_loop
+from ..train.loop import TrainConfig, device_and_autocast, lr_lambda, make_ema, optimizer_step, run_loop
 from .common import EvalConfig, SampleConfig, WorldConfig
 
 
@@ -50,13 +50,13 @@ class TeacherConfig:
 
 def teacher_preset(name: str) -> TeacherConfig:
     if name == "blob-s":
-        return TeacherConfig(train=TrainConfig(steps=12000, batch=256, lr=4e-4, warmup=500, ema_decay=0.9995,
-                                               ckpt_every=1000, eval_every=4000, num_workers=12))
+        return TeacherConfig(train=TrainConfig(steps=12000, batch=128, lr=5e-4, warmup=300, ckpt_every=500,
+                                               eval_every=2000, num_workers=12))
     if name == "blob-tiny":
         return TeacherConfig(
             model=model_preset("blob-tiny"), text=TextEncoderConfig(dim=32, num_layers=1, num_heads=2),
             world=WorldConfig(size=16, frames=9),
-            train=TrainConfig(steps=400, batch=32, lr=1e-3, warmup=50, ema_decay=0.99, ckpt_every=200,
+            train=TrainConfig(steps=400, batch=32, lr=1e-3, warmup=50, ckpt_every=200,
                               eval_every=400, num_workers=1),
             sample=SampleConfig(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
     raise ValueError(f"unknown teacher preset {name!r}; choose blob-s or blob-tiny")
@@ -98,10 +98,10 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     dev, autocast = device_and_autocast(tc.precision, device)
     net, text = build_teacher(cfg)
     teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
-    ema = EMA(teacher, decay=tc.ema_decay)
+    ema = make_ema(teacher, tc)
     params = [p for p in teacher.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    lr_at = lr_lambda(tc)
+    sched = {"lr_at": lr_lambda(tc)}
     fwd = torch.compile(net) if (cfg.compile and dev.type == "cuda") else net
     gen_t = torch.Generator(device=dev)
     sampling = dataclasses.asdict(cfg.sample) | {"method": "euler"}
@@ -110,7 +110,9 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     def step_fn(step: int) -> dict:
         if "it" not in data:
             data["it"] = world_loader(cfg.world, tc.batch, tc.seed, step, tc.num_workers if dev.type == "cuda" else 0)
+        t_wait = time.perf_counter()
         batch = next(data["it"])
+        t_wait = time.perf_counter() - t_wait
         gen_t.manual_seed(tc.seed * 1_000_003 + step)
         x0 = to_model(batch["videos"]).to(dev, non_blocking=True)
         drop = torch.rand(x0.shape[0], generator=gen_t, device=dev).tolist()
@@ -121,17 +123,23 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
             ctx = text.encode(prompts)
             loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx)
         for group in opt.param_groups:
-            group["lr"] = tc.lr * lr_at(step)
+            group["lr"] = tc.lr * sched["lr_at"](step)
         metrics["grad_norm"] = optimizer_step(loss, opt, params, tc.grad_clip)
         ema.update(teacher)
         metrics["lr"] = opt.param_groups[0]["lr"]
+        metrics["data_wait_s"] = t_wait
         return {k: float(v) for k, v in metrics.items()}
 
     def evaluate(step: int) -> dict:
         g = Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
         return evaluate_generator(g, cfg.eval)
 
-    run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": opt}, evaluate, "teacher")
+    def on_resume(step: int, extra: dict) -> None:
+        if extra.get("fresh_optimizers"):
+            sched["lr_at"] = lr_lambda(tc, warm_from=step)
+
+    run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": opt}, evaluate, "teacher",
+             on_resume)
     bundle = dict(kind="teacher", model=cfg.model.to_dict(), text_encoder=text.cfg.to_dict(),
                   world=dataclasses.asdict(cfg.world), sampling=sampling)
     return save_bundle(run_dir / "teacher.safetensors",

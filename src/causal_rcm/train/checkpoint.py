@@ -124,6 +124,14 @@ def load_training_state(ckpt: Path, modules: dict, optimizers: dict) -> tuple[in
             raise KeyError(f"checkpoint {ckpt} has no weights for {name!r} (has {sorted(groups)})")
         m.load_state_dict(groups[name])
     meta = json.loads((ckpt / "state.json").read_text())
+    meta["extra"]["fresh_optimizers"] = []
     for name, opt in optimizers.items():
-        _optim_from_tensors(opt, load_file(str(ckpt / f"optim_{name}.safetensors")), meta["optimizers"][name])
+        path = ckpt / f"optim_{name}.safetensors"
+        if not path.is_file():
+            # A weights-only checkpoint (optimizer files dropped to move it between machines): the moments
+            # restart from zero, the step count and the weights carry on.
+            print(f"note: {path.name} is not in {ckpt}; optimizer {name!r} restarts with fresh moments")
+            meta["extra"]["fresh_optimizers"].append(name)
+            continue
+        _optim_from_tensors(opt, load_file(str(path)), meta["optimizers"][name])
     return meta["step"], meta["extra"]

@@ -28,8 +28,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     warmup: int = 200
+    cooldown: int = 0  # the last `cooldown` steps decay the learning rate linearly to zero
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.0  # > 0: plain EMA with this decay; else the EDM2 power EMA with ema_sigma_rel
+    ema_sigma_rel: float = 0.05
     ckpt_every: int = 500
     eval_every: int = 1000
     log_every: int = 25
@@ -46,15 +48,30 @@ class NonFiniteLoss(RuntimeError):
 
 def device_and_autocast(precision: str, device: str | None = None):
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")
     if dev.type == "cuda" and precision in ("bf16", "fp16"):
         dt = torch.bfloat16 if precision == "bf16" else torch.float16
         return dev, lambda: torch.autocast("cuda", dtype=dt)
     return dev, nullcontext
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warm-up, then constant (EMA does the averaging)."""
-    return lambda step: min(1.0, (step + 1) / max(1, cfg.warmup))
+def make_ema(model: torch.nn.Module, cfg: TrainConfig):
+    from .ema import EMA
+
+    if cfg.ema_decay > 0:
+        return EMA(model, decay=cfg.ema_decay)
+    return EMA(model, decay=None, sigma_rel=cfg.ema_sigma_rel)
+
+
+def lr_lambda(cfg: TrainConfig, warm_from: int = 0) -> Callable[[int], float]:
+    """Linear warm-up (from step ``warm_from``: a resume with fresh optimizer moments warms up again),
+    constant, then a linear cool-down over the last ``cfg.cooldown`` steps."""
+    def f(step: int) -> float:
+        warm = min(1.0, (step - warm_from + 1) / max(1, cfg.warmup))
+        cool = min(1.0, (cfg.steps - step) / cfg.cooldown) if cfg.cooldown > 0 else 1.0
+        return max(0.0, min(warm, cool))
+    return f
 
 
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_clip: float) -> float:
