@@ -55,10 +55,12 @@ def main():
     dev, dt = torch.device("cuda"), torch.bfloat16
     cfg = preset("wan2.1-1.3b")
     torch.manual_seed(0)
-    ref = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6).to(dev, dt).eval()
+    with torch.device(dev):
+        ref = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+            out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6)
+    ref = ref.to(dt).eval()
     with torch.no_grad():
         ref.proj_out.weight.normal_(std=0.02)  # diffusers' init is random already; make the output non-trivial
     ours = WanDiT.from_state_dict(ref.state_dict(), num_heads=12).to(dev, dt).eval()

@@ -5,6 +5,8 @@
 - a mask on CUDA: FlexAttention with a block mask built from the mask's frame rule, compiled once and
   cached per (mask, shape).
 - a mask elsewhere (CPU, tests): SDPA with the dense boolean mask, cached per (mask, shape).
+- ``backend="math"``: the plain-PyTorch reference (softmax of QKᵀ), which ``torch.func.jvp`` and double
+  backward can differentiate; tests use it as the independent path.
 
 Shapes: q [B, H, Lq, d], k and v [B, H, Lk, d]. ``q_offset`` is the number of key tokens that precede the
 first query (a cached prefix), so query row i is token ``q_offset + i`` of the masked sequence.
@@ -18,13 +20,17 @@ import torch.nn.functional as F
 
 from ..models.masks import Mask
 
-BACKENDS = ("auto", "sdpa", "flex")
+BACKENDS = ("auto", "sdpa", "flex", "math")
 
 
 def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None, q_offset: int = 0,
               backend: str = "auto") -> torch.Tensor:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "math":
+        from .attention_ref import attention_ref
+
+        return attention_ref(q, k, v, mask, frame_tokens, q_offset=q_offset)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     if frame_tokens is None:

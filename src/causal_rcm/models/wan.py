@@ -24,11 +24,17 @@ from .kv_cache import KVCache
 from .masks import Mask
 
 
+def fp32(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32: low-precision tensors go up to fp32, fp64 (tests) stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
-    """[cos(p·ω_i), sin(p·ω_i)], ω_i = 10000^(−i/half) (Wan's timestep embedding), fp32."""
+    """[cos(p·ω_i), sin(p·ω_i)], ω_i = 10000^(−i/half) (Wan's timestep embedding), fp32 (as diffusers)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=position.device) / half)
-    arg = position.float()[:, None] * freqs[None]
+    position = fp32(position)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=position.dtype, device=position.device) / half)
+    arg = position[:, None] * freqs[None]
     return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
 
 
@@ -54,13 +60,13 @@ def rope_tables(freqs: list[torch.Tensor], frame_pos: torch.Tensor, hp: int, wp:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive channel pairs: x [B, L, H, d]; cos, sin [L, d/2]."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[:, None], sin[:, None]
+    x1, x2 = fp32(x).unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[:, None].to(x1.dtype), sin[:, None].to(x1.dtype)
     return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2).type_as(x)
 
 
 def layer_norm(x, eps, weight=None, bias=None):
-    return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps)
+    return F.layer_norm(fp32(x), x.shape[-1:], weight, bias, eps)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -76,7 +82,7 @@ def gate(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """x + y·g in fp32 with per-frame g [B, Ft, D]; returned in x's dtype."""
     B, L, D = x.shape
     Ft = g.shape[1]
-    out = x.float().view(B, Ft, L // Ft, D) + y.float().view(B, Ft, L // Ft, D) * g[:, :, None]
+    out = fp32(x).view(B, Ft, L // Ft, D) + fp32(y).view(B, Ft, L // Ft, D) * g[:, :, None]
     return out.view(B, L, D).type_as(x)
 
 
@@ -87,7 +93,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return F.rms_norm(x.float(), x.shape[-1:], self.weight.float(), self.eps).type_as(x)
+        xf = fp32(x)
+        return F.rms_norm(xf, x.shape[-1:], self.weight.to(xf.dtype), self.eps).type_as(x)
 
 
 class LayerNorm(nn.Module):
@@ -100,8 +107,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
 
     def forward(self, x):
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
+        w = None if self.weight is None else fp32(self.weight)
+        b = None if self.bias is None else fp32(self.bias)
         return layer_norm(x, self.eps, w, b)
 
 
@@ -148,22 +155,22 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, e0, ctx_kv, rope, attend):
+    def forward(self, x, e0, ctx_kv, rope, attend, backend: str = "auto"):
         """x [B, L, D]; e0 [B, Ft, 6, D] fp32; ctx_kv the prompt's cross-attention (k, v);
         ``attend(q, k, v) -> o`` is the self-attention with its mask or cache bound."""
-        shift1, scale1, g1, shift2, scale2, g2 = (self.modulation.float()[:, None] + e0).unbind(2)
+        shift1, scale1, g1, shift2, scale2, g2 = (fp32(self.modulation)[:, None] + e0).unbind(2)
         h = modulate(self.norm1(x), shift1, scale1).type_as(x)
         q, k, v = self.self_attn.qkv(h, rope)
         x = gate(x, self.self_attn.out(attend(q, k, v)), g1)
-        x = x + self.cross(self.norm3(x).type_as(x), ctx_kv)
+        x = x + self.cross(self.norm3(x).type_as(x), ctx_kv, backend)
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
         return gate(x, self.ffn(h), g2)
 
-    def cross(self, h, ctx_kv):
+    def cross(self, h, ctx_kv, backend: str = "auto"):
         a = self.cross_attn
         q = a.heads(a.norm_q(a.q(h))).transpose(1, 2)
         k, v = ctx_kv
-        return a.out(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype)))
+        return a.out(attention(q, k.to(q.dtype), v.to(q.dtype), backend=backend))
 
 
 class Head(nn.Module):
@@ -175,7 +182,7 @@ class Head(nn.Module):
 
     def forward(self, x, e):
         """x [B, L, D]; e [B, Ft, D] fp32 (the time embedding before the 6-way projection)."""
-        shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
+        shift, scale = (fp32(self.modulation)[:, None] + e[:, :, None]).unbind(2)
         return self.head(modulate(layer_norm(x, self.eps), shift, scale).type_as(x))
 
 
@@ -239,8 +246,8 @@ class WanDiT(nn.Module):
                 r2 = (r[:, None] if r.ndim == 1 else r).expand(B, Ft)
                 s = sinusoidal_embedding(self.cfg.freq_dim, 1000.0 * (t2 - r2).reshape(-1))
                 e = e + self.r_embedding(s.to(wdtype))
-            e = e.float().view(B, Ft, -1)
-            e0 = self.time_projection(e.to(wdtype)).float().unflatten(-1, (6, -1))
+            e = fp32(e).view(B, Ft, -1)
+            e0 = fp32(self.time_projection(e.to(wdtype))).unflatten(-1, (6, -1))
         return e, e0
 
     def context_kv(self, context: torch.Tensor):
@@ -299,11 +306,11 @@ class WanDiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             if cache is not None:
                 def attend(q, k, v, i=i):
-                    return attention(q, *cache.keys_values(i, k, v))
+                    return attention(q, *cache.keys_values(i, k, v), backend=attn_backend)
             else:
                 def attend(q, k, v):
                     return attention(q, k, v, mask, N, backend=attn_backend)
-            tokens = blk(tokens, e0, ctx_kv[i], rope, attend)
+            tokens = blk(tokens, e0, ctx_kv[i], rope, attend, attn_backend)
         if cache is not None:
             cache.end()
         return self.unpatchify(self.head(tokens, e), grid)
@@ -316,6 +323,13 @@ class WanDiT(nn.Module):
                 self._rope_memo.clear()
             self._rope_memo[key] = rope_tables(self._freqs, frame_pos, hp, wp, device)
         return self._rope_memo[key]
+
+    def forward_jvp(self, x, t, context, x_dot, t_dot, mask: Mask | None = None, tangent_from: int = 0,
+                    r=None, r_dot=None):
+        """(v, dv) along (x_dot, t_dot): the forward-mode pass (models/jvp.py), under no_grad."""
+        from .jvp import forward_jvp
+
+        return forward_jvp(self, x, t, context, x_dot, t_dot, mask, tangent_from, r, r_dot)
 
     def new_cache(self, max_frames: int, frame_tokens: int, pattern=None, window=None, sink=0) -> KVCache:
         return KVCache(self.cfg.num_layers, frame_tokens, max_frames, pattern, window, sink)
