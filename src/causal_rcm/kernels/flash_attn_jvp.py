@@ -13,7 +13,7 @@ Work the mask or the zero tangents make unnecessary is never done:
   two key-token ranges; nothing outside them is loaded. Inside a range, full tiles of the prefix that
   every row of the tile sees run without an element mask; the rest (range tails, and tiles whose rows
   straddle a block boundary) apply the frame rule element-wise.
-- zero tangents: query rows < tangent_rows run the forward only (their own programs); key tiles < 
+- zero tangents: query rows < tangent_rows run the forward only (their own programs); key tiles <
   tangent_keys skip the K̇ and V̇ matmuls (Ṡ = scale·Q̇Kᵀ there, no PV̇ term).
 """
 from __future__ import annotations
@@ -397,8 +397,8 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> K
     timed on one H100 (benchmarks/attention_jvp.py --sweep; docs/kernels.md); the others were chosen from
     the compiler's register report (no spills in the loops), not timed. Tangent programs keep two
     [BLOCK_M, d] fp32 accumulators and two [BLOCK_M, BLOCK_N] fp32 score tiles in registers, so they take
-    narrower key tiles than forward-only ones; two launches beat one fused launch, whose register
-    allocation must fit both programs."""
+    narrower key tiles than forward-only ones. Two launches were at least as fast as one fused launch
+    (whose register allocation must fit both kinds of program)."""
     if device.type != "cuda":
         return INTERPRETER_CONFIG
     if dtype == torch.float32 or head_dim > 128:
