@@ -3,7 +3,7 @@
 - ``mask is None``: plain SDPA (flash / memory-efficient kernels on GPU). Streaming with a KV cache is
   always this case: the cache holds exactly the keys the current block may see.
 - a mask on CUDA: FlexAttention with a block mask built from the mask's frame rule, compiled once and
-  cached per (mask, shape).
+  cached per (mask, shape) (head sizes it cannot take fall back to the dense path).
 - a mask elsewhere (CPU, tests): SDPA with the dense boolean mask, cached per (mask, shape).
 - ``backend="math"``: the plain-PyTorch reference (softmax of QKᵀ), which ``torch.func.jvp`` and double
   backward can differentiate; tests use it as the independent path.
@@ -40,12 +40,17 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
         raise ValueError(f"keys ({Lk}) must be whole frames of {frame_tokens} tokens and cover the queries "
                          f"(offset {q_offset} + {Lq})")
     T = mask.video_frames(Lk // frame_tokens)
-    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda)
+    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and _flex_supports(q.shape[-1]))
     if use_flex:
         block_mask = _flex_block_mask(mask, frame_tokens, T, Lq, Lk, q_offset, q.device)
         return _compiled_flex()(q, k, v, block_mask=block_mask)
     dense = _dense_mask(mask, frame_tokens, T, q_offset, Lq, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+
+
+def _flex_supports(head_dim: int) -> bool:
+    """FlexAttention's kernels take power-of-two head sizes of at least 16; others use the dense path."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 @functools.lru_cache(maxsize=64)

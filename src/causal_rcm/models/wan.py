@@ -59,14 +59,19 @@ def rope_tables(freqs: list[torch.Tensor], frame_pos: torch.Tensor, hp: int, wp:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs: x [B, L, H, d]; cos, sin [L, d/2]."""
-    x1, x2 = fp32(x).unflatten(-1, (-1, 2)).unbind(-1)
-    c, s = cos[:, None].to(x1.dtype), sin[:, None].to(x1.dtype)
-    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2).type_as(x)
+    """Rotate consecutive channel pairs: x [B, L, H, d]; cos, sin [L, d/2] (fp32 products, x's dtype out)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    c, s = cos[:, None].to(ct), sin[:, None].to(ct)
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out
 
 
 def layer_norm(x, eps, weight=None, bias=None):
-    return F.layer_norm(fp32(x), x.shape[-1:], weight, bias, eps)
+    """LayerNorm computed in fp32, returned in x's dtype (as diffusers' FP32LayerNorm)."""
+    return F.layer_norm(fp32(x), x.shape[-1:], weight, bias, eps).type_as(x)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -74,7 +79,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     [B, Ft, D] with Ft = 1 or the number of frames. Broadcast inside, never a per-token copy."""
     B, L, D = x.shape
     Ft = shift.shape[1]
-    y = x.view(B, Ft, L // Ft, D) * (1 + scale[:, :, None]) + shift[:, :, None]
+    y = torch.addcmul(shift[:, :, None], x.view(B, Ft, L // Ft, D), 1 + scale[:, :, None])
     return y.view(B, L, D)
 
 
@@ -82,7 +87,7 @@ def gate(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """x + y·g in fp32 with per-frame g [B, Ft, D]; returned in x's dtype."""
     B, L, D = x.shape
     Ft = g.shape[1]
-    out = fp32(x).view(B, Ft, L // Ft, D) + fp32(y).view(B, Ft, L // Ft, D) * g[:, :, None]
+    out = torch.addcmul(fp32(x).view(B, Ft, L // Ft, D), y.view(B, Ft, L // Ft, D), g[:, :, None])
     return out.view(B, L, D).type_as(x)
 
 
@@ -93,8 +98,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        xf = fp32(x)
-        return F.rms_norm(xf, x.shape[-1:], self.weight.to(xf.dtype), self.eps).type_as(x)
+        # fused kernel; low-precision inputs are accumulated in fp32 inside it
+        return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.eps)
 
 
 class LayerNorm(nn.Module):
