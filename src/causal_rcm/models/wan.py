@@ -268,7 +268,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"input {tuple(x.shape)} does not fit in_dim={self.cfg.in_dim} and patch "
                              f"{self.cfg.patch_size}")
         h = self.patch_embedding(x)
-        return h.flatten(2).transpose(1, 2), h.shape[2:]
+        # contiguous: a transposed view would make every later elementwise op and norm stride badly
+        return h.flatten(2).transpose(1, 2).contiguous(), h.shape[2:]
 
     def unpatchify(self, h, grid):
         """[B, L, pt·ph·pw·C] -> [B, C, F, H, W] (patch vector ordered (pt, ph, pw, c) as in Wan)."""
