@@ -71,3 +71,26 @@ def _flex_block_mask(mask: Mask, frame_tokens: int, T: int, Lq: int, Lk: int, q_
 
     return create_block_mask(mask.mask_mod(frame_tokens, T, q_offset), B=None, H=None, Q_LEN=Lq, KV_LEN=Lk,
                              device=device)
+
+
+def attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: int | None = None,
+                  scale: float | None = None, *, q_offset: int = 0, tangent_rows: int = 0, tangent_keys: int = 0,
+                  backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, Ȯ) of masked attention: O = softmax(scale·QKᵀ)V, Ȯ = PV̇ + (P⊙Ṡ)V − rowsum(P⊙Ṡ)·O (METHOD.md §4).
+
+    q [B, H, Lq, d], k and v [B, H, Lk, d]; tq holds query rows [tangent_rows, Lq), tk and tv keys
+    [tangent_keys, Lk) (zero tangents elsewhere, by structure); Ȯ has shape [B, H, Lq − tangent_rows, d].
+    ``backend``: "triton" (CUDA, or CPU under TRITON_INTERPRET=1; kernels/flash_attn_jvp.py), "ref" (dense
+    PyTorch; kernels/attention_ref.py), None = Triton for CUDA tensors and the reference elsewhere.
+    """
+    backend = backend or ("triton" if q.is_cuda else "ref")
+    kw = dict(q_offset=q_offset, tangent_rows=tangent_rows, tangent_keys=tangent_keys)
+    if backend == "triton":
+        from .flash_attn_jvp import flash_attention_jvp  # Triton is imported only where it is used
+
+        return flash_attention_jvp(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
+    if backend == "ref":
+        from .attention_ref import attention_jvp_ref
+
+        return attention_jvp_ref(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
+    raise ValueError(f"unknown attention_jvp backend {backend!r}; choose 'triton', 'ref' or None")

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..models.masks import Mask
-from .attention_ref import attention_jvp_ref, check_jvp_args
+from .attention_ref import check_jvp_args
 
 LOG2E = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp(x) = exp2(x·log2 e), the fast hardware op
 
@@ -473,22 +473,3 @@ def flash_attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tok
         if n_fwd:
             launch(0, n_fwd, cfg.fwd)
     return o, to
-
-
-def attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: int | None = None,
-                  scale: float | None = None, *, q_offset: int = 0, tangent_rows: int = 0, tangent_keys: int = 0,
-                  backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, Ȯ) of masked attention: O = softmax(scale·QKᵀ)V, Ȯ = PV̇ + (P⊙Ṡ)V − rowsum(P⊙Ṡ)·O (METHOD.md §4).
-
-    q [B, H, Lq, d], k and v [B, H, Lk, d]; tq holds query rows [tangent_rows, Lq), tk and tv keys
-    [tangent_keys, Lk) (zero tangents elsewhere, by structure); Ȯ has shape [B, H, Lq − tangent_rows, d].
-    ``backend``: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "ref" (dense PyTorch), None = Triton for
-    CUDA tensors and the reference elsewhere.
-    """
-    backend = backend or ("triton" if q.is_cuda else "ref")
-    kw = dict(q_offset=q_offset, tangent_rows=tangent_rows, tangent_keys=tangent_keys)
-    if backend == "triton":
-        return flash_attention_jvp(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
-    if backend == "ref":
-        return attention_jvp_ref(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
-    raise ValueError(f"unknown attention_jvp backend {backend!r}; choose 'triton', 'ref' or None")

@@ -133,8 +133,16 @@ class Attention(nn.Module):
     def qkv(self, x, rope):
         """Self-attention q, k, v as [B, H, L, d], with RoPE on q and k."""
         cos, sin = rope
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
+        uq, uk = self.q(x), self.k(x)
+        if uq.is_cuda and not torch.is_grad_enabled() and isinstance(self.norm_q, RMSNorm):
+            from ..kernels.norm_rope import rmsnorm_rope  # fused inference path (one pass per row)
+
+            d = uq.shape[-1] // self.num_heads
+            q = self.heads(rmsnorm_rope(uq, self.norm_q.weight, cos, sin, d, self.norm_q.eps))
+            k = self.heads(rmsnorm_rope(uk, self.norm_k.weight, cos, sin, d, self.norm_k.eps))
+        else:
+            q = apply_rope(self.heads(self.norm_q(uq)), cos, sin)
+            k = apply_rope(self.heads(self.norm_k(uk)), cos, sin)
         v = self.heads(self.v(x))
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
