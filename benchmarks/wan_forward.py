@@ -47,6 +47,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd versions of both")
+    ap.add_argument("--fused", action="store_true", help="also time ours with the fused RMSNorm+RoPE kernel")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
@@ -92,6 +93,9 @@ def main():
             return lambda: model(x[:, :, 18:21], t, context, cache=cache)
 
         variants = [("ours (eager)", ours, "ref (diffusers, eager)", ref)]
+        if args.fused:
+            fused = WanDiT.from_state_dict(ref.state_dict(), num_heads=12).to(dev, dt).eval().use_fused_norm_rope()
+            variants.append(("ours (eager, fused norm+rope)", fused, "ref (diffusers, eager)", ref))
         if args.compile:
             variants.append(("ours (compiled)", torch.compile(ours), "ref (diffusers, compiled)", torch.compile(ref)))
         for our_name, om, ref_name, rm in variants:

@@ -38,3 +38,13 @@ def test_dit_forward_and_jvp_on_gpu_match_cpu():
     with torch.no_grad():
         v_fwd = g(x.cuda(), t.cuda(), c.cuda(), mask=mask)
     assert ((v_fwd.cpu() - v_cpu).norm() / v_cpu.norm()) < 1e-3
+
+
+def test_fused_norm_rope_path_matches_plain():
+    torch.manual_seed(1)
+    m = randomize_(WanDiT(TINY)).cuda().eval()
+    x, t, c = torch.randn(2, 4, 3, 6, 10).cuda(), torch.rand(2).cuda(), torch.randn(2, 5, 16).cuda()
+    with torch.no_grad():
+        plain = m(x, t, c)
+        fused = m.use_fused_norm_rope()(x, t, c)
+    assert ((fused - plain).norm() / plain.norm()) < 1e-4

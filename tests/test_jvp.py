@@ -116,3 +116,18 @@ def test_dual_time_jvp(model64):
     v, v_dot = m.forward_jvp(x, t, c, x_dot, t_dot, r=r, r_dot=r_dot)
     ref_v, ref_dot = jvp(lambda xx, tt, rr: m(xx, tt, c, r=rr, attn_backend="math"), (x, t, r), (x_dot, t_dot, r_dot))
     assert rel(v, ref_v) < 1e-12 and rel(v_dot, ref_dot) < 1e-10
+
+
+def test_bf16_jvp_runs_and_tracks_fp32():
+    """Low precision: every operand of the attention JVP keeps one dtype; results stay near fp32."""
+    torch.manual_seed(5)
+    m = randomize_(WanDiT(TINY), std=0.05, seed=5).eval()
+    T = 3
+    x, t, c, x_dot = (a.float() for a in tf_inputs(T, seed=5))
+    mask = teacher_forcing("c1-1")
+    t_dot = torch.ones(B, T)
+    _, ref = m.forward_jvp(x, t, c, x_dot, t_dot, mask=mask, tangent_from=T)
+    mb = m.to(torch.bfloat16)
+    v, low = mb.forward_jvp(x.bfloat16(), t, c.bfloat16(), x_dot.bfloat16(), t_dot, mask=mask, tangent_from=T)
+    assert v.dtype == low.dtype == torch.bfloat16
+    assert rel(low.float(), ref) < 5e-2

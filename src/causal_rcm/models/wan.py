@@ -126,6 +126,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.fused_norm_rope = False  # opt-in (WanDiT.use_fused_norm_rope): kernels/norm_rope.py
 
     def heads(self, x):  # [B, L, D] -> [B, L, H, d]
         return x.unflatten(-1, (self.num_heads, -1))
@@ -134,7 +135,7 @@ class Attention(nn.Module):
         """Self-attention q, k, v as [B, H, L, d], with RoPE on q and k."""
         cos, sin = rope
         uq, uk = self.q(x), self.k(x)
-        if uq.is_cuda and not torch.is_grad_enabled() and isinstance(self.norm_q, RMSNorm):
+        if self.fused_norm_rope and uq.is_cuda and not torch.is_grad_enabled() and isinstance(self.norm_q, RMSNorm):
             from ..kernels.norm_rope import rmsnorm_rope  # fused inference path (one pass per row)
 
             d = uq.shape[-1] // self.num_heads
@@ -328,6 +329,13 @@ class WanDiT(nn.Module):
         if cache is not None:
             cache.end()
         return self.unpatchify(self.head(tokens, e), grid)
+
+    def use_fused_norm_rope(self, enabled: bool = True) -> "WanDiT":
+        """Route q/k RMSNorm + RoPE through the fused Triton kernel when running on CUDA without gradients.
+        Off by default until it is measured on a GPU (tests/test_norm_rope.py checks it under the interpreter)."""
+        for blk in self.blocks:
+            blk.self_attn.fused_norm_rope = enabled
+        return self
 
     def rope(self, frame_pos: torch.Tensor, hp: int, wp: int, device):
         """RoPE cos/sin tables, memoised per (positions, grid, device): built in fp64 on the CPU once."""
