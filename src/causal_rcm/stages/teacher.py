@@ -56,8 +56,8 @@ def teacher_preset(name: str) -> TeacherConfig:
         return TeacherConfig(
             model=model_preset("blob-tiny"), text=TextEncoderConfig(dim=32, num_layers=1, num_heads=2),
             world=WorldConfig(size=16, frames=9),
-            train=TrainConfig(steps=400, batch=32, lr=1e-3, warmup=50, ckpt_every=200,
-                              eval_every=400, num_workers=1),
+            train=TrainConfig(steps=1000, batch=32, lr=1e-3, warmup=50, ckpt_every=250,
+                              eval_every=0, num_workers=1),
             sample=SampleConfig(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
     raise ValueError(f"unknown teacher preset {name!r}; choose blob-s or blob-tiny")
 
