@@ -6,6 +6,10 @@ what the network is and how to sample it:
     {"kind": "teacher", "model": {...}, "text_encoder": {...}, "world": {...},
      "sampling": {"method": "euler", "steps": 50, "cfg": 3.0, "shift": 3.0}}
 
+Sampling methods: "euler" (a bidirectional teacher), "causal_euler" (a causal teacher, block by block with
+CFG and a KV cache: adds "pattern"), "few_step" (a distilled causal student: "pattern", "steps_first",
+"steps", "context"); the causal ones run through ``stream/engine.py``.
+
 Noise is drawn per sample from (seed, index), so sample i of a call can be regenerated alone.
 """
 from __future__ import annotations
@@ -20,8 +24,10 @@ import torch
 from .config import WanConfig
 from .data.blobworld import from_model
 from .flow import cfg_velocity, euler_sample
+from .models.masks import ChunkPattern
 from .models.conditioning import TextEncoderConfig, WorldTextEncoder
 from .models.wan import WanDiT
+from .stream.engine import EulerCFG, FewStep, Noise, stream
 from .stages.common import WorldConfig
 from .train.checkpoint import load_bundle
 from .train.loop import progress
@@ -77,22 +83,48 @@ class Generator:
         ctx = self.text_encoder.encode(prompts)
         return ctx, self.text_encoder.encode([""] * len(prompts))
 
+    @property
+    def method(self) -> str:
+        return self.sampling.get("method", "euler")
+
+    def resolved_sampling(self, **overrides) -> dict:
+        """The bundle's sampling settings with the non-None overrides applied."""
+        out = dict(self.sampling)
+        out.update({k: v for k, v in overrides.items() if v is not None})
+        return out
+
     @torch.no_grad()
     def sample(self, prompts: list[str], seed: int = 0, steps: int | None = None, cfg: float | None = None,
-               shift: float | None = None, batch: int = 64, show_progress: bool = True) -> np.ndarray:
-        """uint8 videos [N, T, H, W, 3] for the prompts (Euler on the PF-ODE with CFG)."""
-        steps = int(steps or self.sampling.get("steps", 50))
-        cfg = float(cfg if cfg is not None else self.sampling.get("cfg", 3.0))
-        shift = float(shift if shift is not None else self.sampling.get("shift", 3.0))
+               shift: float | None = None, steps_first: int | None = None, batch: int = 64,
+               show_progress: bool = True, timings: list | None = None) -> np.ndarray:
+        """uint8 videos [N, T, H, W, 3] for the prompts, by the bundle's sampling method (overrides apply).
+        ``timings`` (a list) receives the seconds per streamed block of every batch (causal methods)."""
+        sp = self.resolved_sampling(steps=steps, cfg=cfg, shift=shift, steps_first=steps_first)
+        method = sp.get("method", "euler")
+        if method not in ("euler", "causal_euler", "few_step"):
+            raise ValueError(f"unknown sampling method {method!r} in the bundle config")
         out = []
-        bar = progress(total=len(prompts) * steps, desc="sample", disable=not show_progress)
+        bar = progress(total=len(prompts), desc="sample", disable=not show_progress, unit="video")
         for s in range(0, len(prompts), batch):
             chunk = list(prompts[s:s + batch])
-            noise = sample_noise(len(chunk), self.video_shape, seed, start=s, device=self.device)
             with autocast_for(self.device):
                 ctx, ctx_u = self.contexts(chunk)
-                x0 = euler_sample(lambda x, t: cfg_velocity(self.net, x, t, ctx, ctx_u, cfg).float(), noise,
-                                  steps, shift, progress=lambda i: bar.update(len(chunk)))
+                if method == "euler":
+                    noise = sample_noise(len(chunk), self.video_shape, seed, start=s, device=self.device)
+                    n_steps = int(sp["steps"])
+                    x0 = euler_sample(lambda x, t: cfg_velocity(self.net, x, t, ctx, ctx_u, sp["cfg"]).float(),
+                                      noise, n_steps, float(sp["shift"]),
+                                      progress=lambda i: bar.update(len(chunk) / n_steps))
+                else:
+                    how = (EulerCFG(int(sp["steps"]), float(sp["cfg"]), float(sp["shift"]))
+                           if method == "causal_euler" else
+                           FewStep(int(sp["steps_first"]), int(sp["steps"]), context=sp.get("context", "clean")))
+                    noise = Noise(seed, list(range(s, s + len(chunk))), self.device)
+                    n_blocks = ChunkPattern.parse(sp["pattern"]).num_blocks(self.world.frames)
+                    x0, secs = stream(self.net, ctx, ctx_u, noise, self.video_shape, sp["pattern"], how,
+                                      on_block=lambda b, xb: bar.update(len(chunk) / n_blocks))
+                    if timings is not None:
+                        timings.append(secs)
             out.append(from_model(x0.float()))
         bar.close()
         return np.concatenate(out)

@@ -155,7 +155,8 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 rec = {k: v / count for k, v in sums.items()}
                 rec.update(step=done, time=round(time.time() - t0, 2))
                 log.write(rec)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")})
+                shown = {k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")}
+                bar.set_postfix(shown, refresh=False)
                 sums, count = {}, 0
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 save_training_state(run_dir, done, state, optimizers, extra)
