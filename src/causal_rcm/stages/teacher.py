@@ -28,7 +28,7 @@ from ..models.conditioning import TextEncoderConfig, WorldTextEncoder
 from ..models.wan import WanDiT
 from ..objectives.teacher import flow_matching_loss
 from ..train.checkpoint import save_bundle
-from ..train.loop import TrainConfig, device_and_autocast, lr_lambda, make_ema, optimizer_step, run_loop
+from ..train.loop import Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
 from .common import EvalConfig, SampleConfig, WorldConfig
 
 
@@ -99,9 +99,7 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     net, text = build_teacher(cfg)
     teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
     ema = make_ema(teacher, tc)
-    params = [p for p in teacher.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    sched = {"lr_at": lr_lambda(tc)}
+    stepper = Stepper(teacher.parameters(), tc)
     fwd = torch.compile(net) if (cfg.compile and dev.type == "cuda") else net
     gen_t = torch.Generator(device=dev)
     sampling = dataclasses.asdict(cfg.sample) | {"method": "euler"}
@@ -122,11 +120,8 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
         with autocast():
             ctx = text.encode(prompts)
             loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx)
-        for group in opt.param_groups:
-            group["lr"] = tc.lr * sched["lr_at"](step)
-        metrics["grad_norm"] = optimizer_step(loss, opt, params, tc.grad_clip)
+        metrics.update(stepper.step(loss, step))
         ema.update(teacher)
-        metrics["lr"] = opt.param_groups[0]["lr"]
         metrics["data_wait_s"] = t_wait
         return {k: float(v) for k, v in metrics.items()}
 
@@ -134,12 +129,8 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
         g = Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
         return evaluate_generator(g, cfg.eval)
 
-    def on_resume(step: int, extra: dict) -> None:
-        if extra.get("fresh_optimizers"):
-            sched["lr_at"] = lr_lambda(tc, warm_from=step)
-
-    run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": opt}, evaluate, "teacher",
-             on_resume)
+    run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": stepper.opt}, evaluate, "teacher",
+             stepper.on_resume)
     bundle = dict(kind="teacher", model=cfg.model.to_dict(), text_encoder=text.cfg.to_dict(),
                   world=dataclasses.asdict(cfg.world), sampling=sampling)
     return save_bundle(run_dir / "teacher.safetensors",

@@ -89,6 +89,28 @@ def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_
     return float(norm)
 
 
+class Stepper:
+    """AdamW over ``params`` with the warm-up / cool-down schedule of ``lr_lambda``; after a weights-only
+    resume (fresh moments) it warms up again. ``step(loss, i)`` does backward, clipping and the update."""
+
+    def __init__(self, params, cfg: TrainConfig, lr: float | None = None, betas=None):
+        self.params = [p for p in params if p.requires_grad]
+        self.cfg, self.base_lr = cfg, cfg.lr if lr is None else lr
+        self.opt = torch.optim.AdamW(self.params, lr=self.base_lr, betas=betas or cfg.betas,
+                                     weight_decay=cfg.weight_decay)
+        self.lr_at = lr_lambda(cfg)
+
+    def step(self, loss: torch.Tensor, i: int) -> dict:
+        for group in self.opt.param_groups:
+            group["lr"] = self.base_lr * self.lr_at(i)
+        return {"grad_norm": optimizer_step(loss, self.opt, self.params, self.cfg.grad_clip),
+                "lr": self.opt.param_groups[0]["lr"]}
+
+    def on_resume(self, i: int, extra: dict, name: str = "opt") -> None:
+        if name in extra.get("fresh_optimizers", []):
+            self.lr_at = lr_lambda(self.cfg, warm_from=i)
+
+
 class JsonlLog:
     def __init__(self, path: Path):
         self.path = path
