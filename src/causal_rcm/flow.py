@@ -5,7 +5,7 @@ x_t = (1 − t)·x0 + t·ε,  v ≈ ε − x0,  x̂0 = x_t − t·v.  Times are 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -74,16 +74,37 @@ def euler_times(steps: int, s: float, device=None) -> torch.Tensor:
 
 @torch.no_grad()
 def euler_sample(velocity: Velocity, noise: torch.Tensor, steps: int = 50, s: float = 5.0,
-                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Euler on the PF-ODE dx/dt = v from t = 1 (noise) to t = 0."""
+                 progress: Callable[[int], None] | None = None, keep: Sequence[float] | None = None):
+    """Euler on the PF-ODE dx/dt = v from t = 1 (noise) to t = 0 over ``euler_times(steps, s)``; returns x0.
+
+    With ``keep`` (RF times in [0, 1]) it returns ``(x0, states, times)`` instead: the trajectory is kept
+    only at grid points, so ``states`` [B, K, *x.shape[1:]] holds x at the grid time nearest to each
+    requested time (k_j = argmin_k |t_k − keep[j]|, a tie goes to the noisier point; k = 0 is the noise
+    itself, k = steps is x0) and ``times`` (float32 [K]) the grid times t_{k_j} actually used.
+    """
     times = euler_times(steps, s, noise.device)
+    want: set[int] = set()
+    if keep is not None:
+        req = torch.as_tensor([float(t) for t in keep], dtype=torch.float32)
+        if req.numel() and not bool(((req >= 0) & (req <= 1)).all()):
+            raise ValueError(f"keep times must be RF times in [0, 1], got {[float(t) for t in keep]}")
+        k_of = (times.cpu()[None, :] - req[:, None]).abs().argmin(1).tolist() if req.numel() else []
+        want = set(k_of)
+    # x is rebound (never modified in place) at every step, so a kept state is a reference, not a copy
+    kept = {0: noise} if 0 in want else {}
     x = noise
     for i in range(steps):
         t = times[i].expand(x.shape[0])
         x = x + (times[i + 1] - times[i]) * velocity(x, t)
+        if i + 1 in want:
+            kept[i + 1] = x
         if progress is not None:
             progress(i)
-    return x
+    if keep is None:
+        return x
+    states = (torch.stack([kept[k] for k in k_of], 1) if k_of
+              else x.new_empty((x.shape[0], 0, *x.shape[1:])))
+    return x, states, times.cpu()[torch.tensor(k_of, dtype=torch.long)]
 
 
 def bell_weight(t: torch.Tensor) -> torch.Tensor:
