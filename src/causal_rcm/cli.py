@@ -40,9 +40,12 @@ def _train(a):
     if a.stage == "teacher":
         from .stages.teacher import resolve, train_teacher
 
-        cfg = resolve(a.preset, a.overrides)
-        path = train_teacher(cfg, a.out, device=a.device)
-        print(f"teacher bundle: {path}")
+        path = train_teacher(resolve(a.preset, a.overrides), a.out, device=a.device)
+    else:
+        from .stages.tf import resolve, train_tf
+
+        path = train_tf(resolve(a.preset, a.stage, a.overrides), a.out, device=a.device)
+    print(f"{a.stage} bundle: {path}")
 
 
 def _generate(a):
@@ -65,7 +68,7 @@ def _generate(a):
             raise ValueError(f"prompt {p!r} is not a {gen.world.name} {gen.world.variant} prompt; valid: "
                              + ", ".join(repr(x) for x in gen.world.prompts()))
     t0 = time.time()
-    videos = gen.sample(prompts, seed=a.seed, steps=a.steps, cfg=a.cfg, shift=a.shift)
+    videos = gen.sample(prompts, seed=a.seed, steps=a.steps, cfg=a.cfg, shift=a.shift, steps_first=a.steps_first)
     dt = time.time() - t0
     save_samples(a.out, videos, prompts)
     media = write_media(videos[:64], Path(a.out).with_suffix(""))
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_eval)
 
     t = sub.add_parser("train", help="train a stage")
-    t.add_argument("stage", choices=["teacher"])
+    t.add_argument("stage", choices=["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init"])
     t.add_argument("--preset", default="blob-s")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=2000")
     t.add_argument("--out", required=True)
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (teachers)")
     g.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (teachers)")
+    g.add_argument("--steps-first", type=int, default=None, help="steps of the first chunk (causal students)")
     g.add_argument("--prompt", default=None, help="one prompt for every sample")
     g.add_argument("--n", type=int, default=16)
     g.add_argument("--per-prompt", type=int, default=None,
@@ -146,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     x.add_argument("--out", required=True)
     x.set_defaults(fn=_export)
+
+    from .stages.synth import add_synth_parser
+
+    add_synth_parser(sub)
 
     r = sub.add_parser("run", help="run a recipe (YAML) end to end")
     r.add_argument("recipe")

@@ -4,10 +4,14 @@
     out: runs/blob-tiny
     stages:
       - {stage: teacher, preset: blob-tiny, overrides: [train.steps=300]}
+      - {stage: synth, preset: blob-tiny, inputs: {teacher: teacher}}
+      - {stage: tf, preset: blob-tiny, inputs: {data: synth, init: teacher}}
+      - {stage: tf_scm, preset: blob-tiny, inputs: {data: synth, init: tf, teacher: tf}}
     report: {prompts: 4, per_prompt: 4}
 
-Each stage writes RUN/<name>/ (name defaults to the stage) and hands its outputs (bundle path, run folder)
-to later stages. A stage whose bundle already exists is skipped, so a killed recipe resumes where it was.
+Each stage writes RUN/<name>/ (name defaults to the stage) and hands its outputs (bundle path, data or run
+folder) to later stages: ``inputs`` maps a config key to an earlier stage's name. A stage whose output
+already exists is skipped, so a killed recipe resumes where it was (and stages resume from checkpoints).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from .common import EvalConfig
 from .report import report, score_bundle, score_data
 
 RECIPE_KEYS = {"name", "out", "stages", "report"}
-STAGE_KEYS = {"stage", "name", "preset", "overrides"}
+STAGE_KEYS = {"stage", "name", "preset", "overrides", "inputs"}
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -44,14 +48,22 @@ def load_recipe(path: str | Path) -> dict:
         name = st.get("name", st["stage"])
         if name in names:
             raise ValueError(f"{path}: two stages are named {name!r}; give one a 'name'")
+        for key, ref in (st.get("inputs") or {}).items():
+            if ref not in names:
+                raise ValueError(f"{path}: stage {name!r} takes {key} from {ref!r}, which does not run before it")
         names.add(name)
     recipe.setdefault("name", path.stem)
     return recipe
 
 
-def _overrides(st: dict) -> list[str]:
+def _overrides(st: dict, outputs: dict | None = None) -> list[str]:
+    """The stage's overrides plus ``key=<path>`` for each input taken from an earlier stage's output."""
     ov = st.get("overrides") or []
-    return [f"{k}={v}" for k, v in ov.items()] if isinstance(ov, dict) else [str(o) for o in ov]
+    out = [f"{k}={v}" for k, v in ov.items()] if isinstance(ov, dict) else [str(o) for o in ov]
+    for key, ref in (st.get("inputs") or {}).items():
+        produced = outputs[ref]
+        out.append(f"{key}={produced['data'] if key == 'data' else produced['bundle']}")
+    return out
 
 
 def _teacher(st: dict, run_dir: Path, outputs: dict, device) -> dict:
@@ -64,7 +76,27 @@ def _teacher(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     return {"bundle": bundle, "run_dir": run_dir, "world": cfg.world}
 
 
-STAGE_RUNNERS = {"teacher": _teacher}
+def _synth(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    from ..config import apply_overrides
+    from .synth import run_synth, synth_preset
+
+    cfg = apply_overrides(synth_preset(st.get("preset", "blob-s")), _overrides(st, outputs))
+    return {"data": run_synth(cfg, run_dir, device)}
+
+
+def _tf_method(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    from .tf import resolve, train_tf
+
+    cfg = resolve(st.get("preset", "blob-s"), st["stage"], _overrides(st, outputs))
+    bundle = run_dir / "model.safetensors"
+    if not bundle.is_file():
+        train_tf(cfg, run_dir, device)
+    world = next(o["world"] for o in outputs.values() if "world" in o)
+    return {"bundle": bundle, "run_dir": run_dir, "world": world}
+
+
+STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, **{m: _tf_method for m in ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow",
+                                                                   "ode_init")}}
 
 
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:

@@ -44,7 +44,7 @@ def score_bundle(name: str, bundle: str | Path | Generator, ev: EvalConfig, devi
     videos = gen.sample(prompts, seed=ev.seed, batch=ev.batch, **sampling)
     seconds = time.time() - t0
     desc = ", ".join(f"{k}={v}" for k, v in {**gen.sampling, **{k: v for k, v in sampling.items() if v}}.items()
-                     if k in ("steps", "cfg", "shift", "pattern"))
+                     if k in ("pattern", "steps_first", "steps", "cfg", "shift", "context"))
     return Scored(name, evaluate(videos, prompts), videos, prompts, seconds, desc)
 
 

@@ -33,6 +33,15 @@ class SynthConfig:
     prompts_file: str | None = None
 
 
+def synth_preset(name: str) -> SynthConfig:
+    """Recipe presets (the teacher comes from the recipe's inputs)."""
+    if name == "blob-s":
+        return SynthConfig(teacher="", n=4096, batch=256)
+    if name == "blob-tiny":
+        return SynthConfig(teacher="", n=256, shard_size=128, batch=64)
+    raise ValueError(f"unknown synth preset {name!r}; choose blob-s or blob-tiny")
+
+
 def read_prompts_file(path: str | Path, world) -> list[str]:
     """One prompt per line (blank lines skipped), each one of the world's prompts."""
     path = Path(path)
