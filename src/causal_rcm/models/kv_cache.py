@@ -12,6 +12,8 @@ at the first call and reused (``cross``).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .masks import ChunkPattern
@@ -48,6 +50,34 @@ class KVCache:
         self.length, self.next_frame, self.cached_blocks = 0, 0, []
         if not keep_cross:
             self.cross = [None] * self.num_layers
+
+    def rewind_to(self, frame: int) -> None:
+        """Forget the blocks from ``frame`` on (their K/V stay in the buffer, unused): the state the cache had
+        before that block was written. Replayed backprop uses it; a rolling window has evicted what it would
+        need, so it is refused there."""
+        if self.window is not None:
+            raise ValueError("a rolling-window cache cannot be rewound (it has evicted old blocks)")
+        if frame > self.next_frame:
+            raise ValueError(f"cannot rewind to frame {frame}: only {self.next_frame} frames are cached")
+        keep, n = [], 0
+        for j, tokens in self.cached_blocks:
+            if n + tokens > frame * self.frame_tokens:
+                break
+            keep.append((j, tokens))
+            n += tokens
+        if n != frame * self.frame_tokens:
+            raise ValueError(f"frame {frame} is not a block boundary of the cached blocks")
+        self.cached_blocks, self.length, self.next_frame = keep, n, frame
+
+    @contextmanager
+    def prefix(self, frame: int):
+        """The cache as it was before frame ``frame`` was written, for the duration of the block."""
+        saved = (self.length, self.next_frame, list(self.cached_blocks))
+        self.rewind_to(frame)
+        try:
+            yield self
+        finally:
+            self.length, self.next_frame, self.cached_blocks = saved
 
     @property
     def cached_frames(self) -> int:

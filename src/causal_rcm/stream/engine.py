@@ -39,15 +39,35 @@ class Noise:
     """ε for sample i at a given (chunk, step) tag, from its own generator seeded by (seed, i, tag):
     any sample of any call can be regenerated alone."""
 
-    def __init__(self, seed: int, sample_ids: list[int], device):
-        self.seed, self.ids, self.device = seed, list(sample_ids), device
+    def __init__(self, seed: int, sample_ids: list[int], device, dtype=torch.float32):
+        self.seed, self.ids, self.device, self.dtype = seed, list(sample_ids), device, dtype
 
     def draw(self, tag: tuple[int, ...], shape: tuple[int, ...]) -> torch.Tensor:
         out = torch.empty((len(self.ids), *shape))
         for j, i in enumerate(self.ids):
             s = int(np.random.SeedSequence([self.seed, i, *tag]).generate_state(1)[0])
             out[j] = torch.randn(shape, generator=torch.Generator().manual_seed(s))
-        return out.to(self.device)
+        return out.to(self.device, self.dtype)
+
+
+def few_step_block(v_of, eps, times: list[float], draw, n_steps: int | None = None, write_last: bool = False,
+                   grad_last: bool = False):
+    """Denoise one block (METHOD.md §6) from ε: x_{t0} = t0·ε (the clean part is unknown, its mean is 0);
+    each step x̂0 = x − t·v, then x ← (1 − t_next)·x̂0 + t_next·ε_k with ε_k = draw(k, shape).
+
+    ``n_steps`` (≤ len(times) − 1) exits early with that step's x̂0 (self-forcing's step cycling);
+    ``write_last`` makes the last call append its K/V (noisy context); ``grad_last`` runs only the last
+    call with autograd. Returns (x̂0, (x, t) of the last call's input)."""
+    n = len(times) - 1 if n_steps is None else n_steps
+    x = times[0] * eps
+    for k in range(n):
+        last = k == n - 1
+        with torch.set_grad_enabled(grad_last and last):
+            v = v_of(x, times[k], write=write_last and last)
+            x0 = x0_from_v(x, torch.full((x.shape[0],), times[k], device=x.device), v)
+        if not last:
+            x = (1 - times[k + 1]) * x0 + times[k + 1] * draw(k + 1, tuple(x.shape[1:]))
+    return x0, (x, times[n - 1])
 
 
 @dataclass(frozen=True)
@@ -95,15 +115,8 @@ def stream(net, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise
             return net(x_in, t_vec, ctx_all, cache=cache, update_cache=write, r=r).float()
 
         if isinstance(how, FewStep):
-            times = few_step_times(how.steps_for(b), how.t0)
-            x = times[0] * x  # x_{t0} = (1 − t0)·0 + t0·ε: the clean part is unknown, its mean is 0
-            for k in range(len(times) - 1):
-                last = k == len(times) - 2
-                v = v_of(x, times[k], write=last and how.context == "noisy")
-                x0 = x0_from_v(x, torch.full((B,), times[k], device=x.device), v)
-                if not last:
-                    x = (1 - times[k + 1]) * x0 + times[k + 1] * noise.draw((b, k + 1), tuple(x.shape[1:]))
-            x = x0
+            x, _ = few_step_block(v_of, x, few_step_times(how.steps_for(b), how.t0),
+                                  lambda k, shp, b=b: noise.draw((b, k), shp), write_last=how.context == "noisy")
             if how.context == "clean":
                 net(x, zeros, ctx_all, cache=cache, update_cache=True,
                     r=zeros if dual else None)

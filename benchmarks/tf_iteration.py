@@ -1,0 +1,111 @@
+"""Wall time of one training iteration of each teacher-forcing objective on the same GPU (issue 5: TF-sCM
+must stay within 1.5× TF-dCM).
+
+An iteration is what the stage does per step: the frozen causal teacher's CFG velocity, the objective's
+extra passes (dCM: the online student at t1; sCM: the forward-mode pass; MeanFlow: the forward-mode pass
+with r), the student's forward + backward, and the optimiser step. Random weights, bf16 autocast.
+
+    python benchmarks/tf_iteration.py --preset blob-s --batch 64 --out results/tf_iteration.json
+
+Prints a table and writes JSON; CUDA events, median of --iters after --warmup iterations.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from causal_rcm.config import preset  # noqa: E402
+from causal_rcm.models import ChunkPattern, WanDiT  # noqa: E402
+from causal_rcm.objectives import tf as obj  # noqa: E402
+from wan_forward import time_ms  # noqa: E402
+
+SHAPES = {"blob-s": (3, 21, 32, 32), "wan2.1-1.3b": (16, 21, 60, 104)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="blob-s", choices=sorted(SHAPES))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--pattern", default="c3-3")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", default="results/tf_iteration.json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    dev = torch.device("cuda")
+    cfg = preset(args.preset)
+    C, T, H, W = SHAPES[args.preset]
+    pattern = ChunkPattern.parse(args.pattern)
+    torch.manual_seed(0)
+    with torch.device(dev):
+        teacher = WanDiT(cfg).eval().requires_grad_(False)
+        student = WanDiT(cfg)
+        mf_student = WanDiT(dataclasses.replace(cfg, dual_time=True))
+    for m in (teacher, student, mf_student):
+        with torch.no_grad():
+            m.head.head.weight.normal_(std=0.02)
+    B = args.batch
+    x0 = torch.randn(B, C, T, H, W, device=dev)
+    eps = torch.randn_like(x0)
+    ctx = torch.randn(B, 16, cfg.text_dim, device=dev)
+    ctx_u = torch.zeros_like(ctx)
+
+    def fns(net):
+        def v_fn(x, t, c, mask=None, r=None):
+            return net(x, t, c, mask=mask, r=r)
+
+        def jvp_fn(x, t, c, xd, td, mask, tangent_from, r=None, r_dot=None):
+            return net.forward_jvp(x, t, c, xd, td, mask=mask, tangent_from=tangent_from, r=r, r_dot=r_dot)
+
+        return v_fn, jvp_fn
+
+    t_fn, _ = fns(teacher)
+    cases = {
+        "tf": (student, lambda v, j: obj.tf_loss(v, x0, eps, torch.rand(B, device=dev), ctx, pattern)),
+        "tf_dcm": (student, lambda v, j: obj.tf_dcm_loss(v, t_fn, x0, eps, torch.rand(B, device=dev) * 0.97, ctx,
+                                                         ctx_u, pattern)),
+        "tf_scm": (student, lambda v, j: obj.tf_scm_loss(v, j, t_fn, x0, eps, torch.rand(B, device=dev), ctx,
+                                                         ctx_u, pattern, warmup_r=1.0)),
+        "tf_meanflow": (mf_student, lambda v, j: obj.tf_meanflow_loss(
+            v, j, t_fn, x0, eps, torch.full((B,), 0.8, device=dev), torch.full((B,), 0.3, device=dev), ctx,
+            ctx_u, pattern)),
+    }
+    rows = []
+    for name, (net, loss_of) in cases.items():
+        v_fn, jvp_fn = fns(net)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+
+        def iteration():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, _ = loss_of(v_fn, jvp_fn)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        ms = time_ms(iteration, args.warmup, args.iters)
+        rows.append(dict(method=name, ms=round(ms, 2)))
+        print(rows[-1], flush=True)
+    dcm = next(r["ms"] for r in rows if r["method"] == "tf_dcm")
+    for r in rows:
+        r["vs_tf_dcm"] = round(r["ms"] / dcm, 3)
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, preset=args.preset, batch=B,
+                  pattern=args.pattern, rows=rows)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\n{'method':12s} {'ms/iter':>9s} {'× TF-dCM':>9s}")
+    for r in rows:
+        print(f"{r['method']:12s} {r['ms']:9.2f} {r['vs_tf_dcm']:9.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
