@@ -18,6 +18,11 @@ stages:
      overrides: [train.steps=2, train.batch=2, objective.noisy_context=true]}
   - {stage: tf_meanflow, preset: blob-tiny, inputs: {data: synth, init: tf, teacher: tf},
      overrides: [train.steps=2, train.batch=2]}
+  - {stage: sf_dmd, preset: blob-tiny, inputs: {init: tf_scm, teacher: teacher},
+     overrides: [train.steps=2, train.batch=2, critic_ratio=1, context=noisy]}
+  - {stage: sf_dmd, name: sf_dmd_joint, preset: blob-tiny,
+     inputs: {init: tf_scm, teacher: teacher, data: synth, tf_teacher: tf},
+     overrides: [train.steps=1, train.batch=2, critic_ratio=1, joint=true, replay=false]}
 report: {prompts: 2, per_prompt: 2, batch: 8}
 """
 
@@ -28,11 +33,14 @@ def test_recipe_end_to_end(tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    for name in ("teacher", "tf", "tf_scm", "tf_meanflow", "data (rendered)"):
+    for name in ("teacher", "tf", "tf_scm", "tf_meanflow", "sf_dmd", "sf_dmd_joint", "data (rendered)"):
         assert f"| {name} |" in report
     student = Generator.load(out / "tf_scm" / "model.safetensors")
     assert student.sampling["method"] == "few_step" and student.sampling["context"] == "noisy"
     assert Generator.load(out / "tf_meanflow" / "model.safetensors").net.cfg.dual_time
+    dmd = json.loads((out / "sf_dmd" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(k in dmd for k in ("critic_loss", "dmd_grad_norm", "loss"))
+    assert "joint_scm_loss" in (out / "sf_dmd_joint" / "metrics.jsonl").read_text()
     videos = student.sample(["a red ball"] * 2, seed=0, show_progress=False)
     assert videos.shape == (2, 9, 16, 16, 3) and videos.dtype == np.uint8
     config = json.loads((out / "tf_scm" / "config.json").read_text())

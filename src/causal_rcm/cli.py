@@ -41,6 +41,10 @@ def _train(a):
         from .stages.teacher import resolve, train_teacher
 
         path = train_teacher(resolve(a.preset, a.overrides), a.out, device=a.device)
+    elif a.stage == "sf_dmd":
+        from .stages.sf_dmd import resolve, train_sf_dmd
+
+        path = train_sf_dmd(resolve(a.preset, a.overrides), a.out, device=a.device)
     else:
         from .stages.tf import resolve, train_tf
 
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_eval)
 
     t = sub.add_parser("train", help="train a stage")
-    t.add_argument("stage", choices=["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init"])
+    t.add_argument("stage", choices=["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"])
     t.add_argument("--preset", default="blob-s")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=2000")
     t.add_argument("--out", required=True)

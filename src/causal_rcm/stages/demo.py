@@ -18,8 +18,10 @@ from .report import report_sections, score_bundle, score_data
 
 ROOT = Path(__file__).resolve().parents[3]
 ASSETS = ROOT / "assets" / "blob-s"
-SHIPPED = [  # (file, row name, sampling overrides for the CPU demo)
+SHIPPED = [  # (file, row name, sampling overrides for the CPU demo); missing files are skipped
     ("teacher.safetensors", "blob-s teacher (shipped)", {"steps": 25}),
+    ("tf_scm_c3-3.safetensors", "blob-s TF-sCM student, c3-3 (shipped)", {}),
+    ("sf_dmd_c3-3.safetensors", "blob-s SF-DMD student, c3-3 (shipped)", {}),
 ]
 
 

@@ -95,7 +95,18 @@ def _tf_method(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     return {"bundle": bundle, "run_dir": run_dir, "world": world}
 
 
-STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, **{m: _tf_method for m in ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow",
+def _sf_dmd(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    from .sf_dmd import resolve, train_sf_dmd
+
+    cfg = resolve(st.get("preset", "blob-s"), _overrides(st, outputs))
+    bundle = run_dir / "model.safetensors"
+    if not bundle.is_file():
+        train_sf_dmd(cfg, run_dir, device)
+    world = next(o["world"] for o in outputs.values() if "world" in o)
+    return {"bundle": bundle, "run_dir": run_dir, "world": world}
+
+
+STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, "sf_dmd": _sf_dmd, **{m: _tf_method for m in ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow",
                                                                    "ode_init")}}
 
 

@@ -74,12 +74,14 @@ def lr_lambda(cfg: TrainConfig, warm_from: int = 0) -> Callable[[int], float]:
     return f
 
 
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, params, grad_clip: float) -> float:
-    """backward, clip, step; returns the gradient norm before clipping. Raises on a non-finite loss."""
-    if not torch.isfinite(loss):
-        opt.zero_grad(set_to_none=True)
-        raise NonFiniteLoss(f"loss is {loss.item()}")
-    loss.backward()
+def optimizer_step(loss: torch.Tensor | None, opt: torch.optim.Optimizer, params, grad_clip: float) -> float:
+    """backward (unless ``loss`` is None: gradients are already accumulated), clip, step; returns the
+    gradient norm before clipping. Raises on a non-finite loss or gradient."""
+    if loss is not None:
+        if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"loss is {loss.item()}")
+        loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
@@ -100,7 +102,7 @@ class Stepper:
                                      weight_decay=cfg.weight_decay)
         self.lr_at = lr_lambda(cfg)
 
-    def step(self, loss: torch.Tensor, i: int) -> dict:
+    def step(self, loss: torch.Tensor | None, i: int) -> dict:
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * self.lr_at(i)
         return {"grad_norm": optimizer_step(loss, self.opt, self.params, self.cfg.grad_clip),
