@@ -23,6 +23,7 @@ class Scored:
     prompts: list[str]
     seconds: float
     note: str = ""
+    latency: dict | None = None  # streaming one video: ms per frame, ms to the first frame
 
 
 def eval_prompts(world: WorldConfig, ev: EvalConfig) -> list[str]:
@@ -45,7 +46,22 @@ def score_bundle(name: str, bundle: str | Path | Generator, ev: EvalConfig, devi
     seconds = time.time() - t0
     desc = ", ".join(f"{k}={v}" for k, v in {**gen.sampling, **{k: v for k, v in sampling.items() if v}}.items()
                      if k in ("pattern", "steps_first", "steps", "cfg", "shift", "context"))
-    return Scored(name, evaluate(videos, prompts), videos, prompts, seconds, desc)
+    return Scored(name, evaluate(videos, prompts), videos, prompts, seconds, desc, stream_latency(gen, **sampling))
+
+
+def stream_latency(gen: Generator, repeats: int = 2, **sampling) -> dict:
+    """One video at a time, as a player would get it: ms per frame and ms until the first frame is ready
+    (a causal model hands over its first block; a bidirectional one has every frame at the end)."""
+    best = None
+    for _ in range(repeats):  # the first call also pays one-off costs (allocation, caches)
+        blocks: list = []
+        t0 = time.perf_counter()
+        gen.sample([gen.world.prompts()[0]], seed=0, batch=1, show_progress=False, timings=blocks, **sampling)
+        total = time.perf_counter() - t0
+        first = blocks[0][0] if blocks else total
+        if best is None or total < best[0]:
+            best = (total, first)
+    return {"ms/frame": 1000 * best[0] / gen.world.frames, "first frame ms": 1000 * best[1]}
 
 
 def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], intro: str = "") -> Path:
@@ -61,9 +77,12 @@ def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], 
     for s in scored:
         n = len(s.videos)
         rows.append({"name": s.name, **s.metrics, "samples": n, "sec/video": s.seconds / max(n, 1),
-                     "sampling": s.note})
-    sections = [("Metrics (Blobworld spec §4)", metrics_table(rows, extra_cols=("samples", "sec/video", "sampling"))
-                 + "\n\nEntropies need ≥ 16 samples per prompt; 'n/a' where there are fewer.")]
+                     **(s.latency or {}), "sampling": s.note})
+    cols = ("samples", "sec/video", "ms/frame", "first frame ms", "sampling")
+    sections = [("Metrics (Blobworld spec §4)", metrics_table(rows, extra_cols=cols)
+                 + "\n\nEntropies need ≥ 16 samples per prompt; 'n/a' where there are fewer. sec/video: batched "
+                 "sampling of the evaluation set; ms/frame and first frame ms: one video streamed alone "
+                 "(a bidirectional model has every frame only at the end).")]
     curves = plot_curves(run_dirs, out / "plots" / "loss.png") if run_dirs else None
     if curves:
         sections.append(("Training curves", image(curves.relative_to(root), "training loss per stage")))
