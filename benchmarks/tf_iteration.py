@@ -59,15 +59,7 @@ def main():
     ctx = torch.randn(B, 16, cfg.text_dim, device=dev)
     ctx_u = torch.zeros_like(ctx)
 
-    def fns(net):
-        def v_fn(x, t, c, mask=None, r=None):
-            return net(x, t, c, mask=mask, r=r)
-
-        def jvp_fn(x, t, c, xd, td, mask, tangent_from, r=None, r_dot=None):
-            return net.forward_jvp(x, t, c, xd, td, mask=mask, tangent_from=tangent_from, r=r, r_dot=r_dot)
-
-        return v_fn, jvp_fn
-
+    fns = obj.net_fns
     t_fn, _ = fns(teacher)
     cases = {
         "tf": (student, lambda v, j: obj.tf_loss(v, x0, eps, torch.rand(B, device=dev), ctx, pattern)),

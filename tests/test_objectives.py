@@ -15,14 +15,7 @@ P = ChunkPattern(1, 2)  # T = 5 frames -> blocks [0,1) [1,3) [3,5)
 B, T, H, W = 2, 5, 6, 10
 
 
-def fns(model):
-    def v_fn(x, t, ctx, mask=None, r=None):
-        return model(x, t, ctx, mask=mask, r=r)
-
-    def jvp_fn(x, t, ctx, x_dot, t_dot, mask, tangent_from, r=None, r_dot=None):
-        return model.forward_jvp(x, t, ctx, x_dot, t_dot, mask=mask, tangent_from=tangent_from, r=r, r_dot=r_dot)
-
-    return v_fn, jvp_fn
+fns = obj.net_fns
 
 
 @pytest.fixture

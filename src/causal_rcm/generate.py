@@ -104,25 +104,26 @@ class Generator:
         if method not in ("euler", "causal_euler", "few_step"):
             raise ValueError(f"unknown sampling method {method!r} in the bundle config")
         out = []
-        bar = progress(total=len(prompts), desc="sample", disable=not show_progress, unit="video")
+        # progress in (video × unit of work): Euler steps for a bidirectional teacher, blocks for causal models
+        units = (int(sp["steps"]) if method == "euler"
+                 else ChunkPattern.parse(sp["pattern"]).num_blocks(self.world.frames))
+        bar = progress(total=len(prompts) * units, desc=f"sample {len(prompts)} videos", disable=not show_progress,
+                       unit="step" if method == "euler" else "block")
         for s in range(0, len(prompts), batch):
             chunk = list(prompts[s:s + batch])
             with autocast_for(self.device):
                 ctx, ctx_u = self.contexts(chunk)
                 if method == "euler":
                     noise = sample_noise(len(chunk), self.video_shape, seed, start=s, device=self.device)
-                    n_steps = int(sp["steps"])
                     x0 = euler_sample(lambda x, t: cfg_velocity(self.net, x, t, ctx, ctx_u, sp["cfg"]).float(),
-                                      noise, n_steps, float(sp["shift"]),
-                                      progress=lambda i: bar.update(len(chunk) / n_steps))
+                                      noise, units, float(sp["shift"]), progress=lambda i: bar.update(len(chunk)))
                 else:
                     how = (EulerCFG(int(sp["steps"]), float(sp["cfg"]), float(sp["shift"]))
                            if method == "causal_euler" else
                            FewStep(int(sp["steps_first"]), int(sp["steps"]), context=sp.get("context", "clean")))
                     noise = Noise(seed, list(range(s, s + len(chunk))), self.device)
-                    n_blocks = ChunkPattern.parse(sp["pattern"]).num_blocks(self.world.frames)
                     x0, secs = stream(self.net, ctx, ctx_u, noise, self.video_shape, sp["pattern"], how,
-                                      on_block=lambda b, xb: bar.update(len(chunk) / n_blocks))
+                                      on_block=lambda b, xb: bar.update(len(chunk)))
                     if timings is not None:
                         timings.append(secs)
             out.append(from_model(x0.float()))

@@ -22,6 +22,18 @@ from ..models.masks import ChunkPattern, Mask, block_causal, teacher_forcing
 # ----- layout helpers -------------------------------------------------------------------------------------
 
 
+def net_fns(net):
+    """(v_fn, jvp_fn) of a WanDiT in the signatures the objectives take."""
+
+    def v_fn(x, t, ctx, mask=None, r=None):
+        return net(x, t, ctx, mask=mask, r=r)
+
+    def jvp_fn(x, t, ctx, x_dot, t_dot, mask, tangent_from, r=None, r_dot=None):
+        return net.forward_jvp(x, t, ctx, x_dot, t_dot, mask=mask, tangent_from=tangent_from, r=r, r_dot=r_dot)
+
+    return v_fn, jvp_fn
+
+
 @dataclass(frozen=True)
 class NoisyContext:
     """From block ``start`` on, the student's context is the clean prefix noised to ``t_ctx`` (the teacher
@@ -216,5 +228,5 @@ def tangent_warmup(step: int, steps: int = 1000) -> float:
     return min(1.0, step / max(1, steps))
 
 
-__all__ = ["NoisyContext", "tf_loss", "df_loss", "fopp_block_times", "tf_dcm_loss", "tf_scm_loss", "sample_t_r",
+__all__ = ["net_fns", "NoisyContext", "tf_loss", "df_loss", "fopp_block_times", "tf_dcm_loss", "tf_scm_loss", "sample_t_r",
            "tf_meanflow_loss", "ode_init_loss", "tangent_warmup"]

@@ -192,16 +192,7 @@ def _joint_setup(cfg: DMDConfig, dev):
             ctx = text.encode([data["prompts"][i] for i in idx.tolist()])
             ctx_u = text.encode([""] * len(idx))
         t = sample_t_logit_normal(x0.shape[0], -0.8, 1.6, g, dev)
-
-        def v_fn(x, tt, c, mask=None, r=None):
-            return net(x, tt, c, mask=mask)
-
-        def jvp_fn(x, tt, c, xd, td, mask, tangent_from, r=None, r_dot=None):
-            return net.forward_jvp(x, tt, c, xd, td, mask=mask, tangent_from=tangent_from)
-
-        def teacher_fn(x, tt, c, mask=None, r=None):
-            return tf_teacher(x, tt, c, mask=mask)
-
-        return obj.tf_scm_loss(v_fn, jvp_fn, teacher_fn, x0, eps, t, ctx, ctx_u, pattern, 1.0)
+        v_fn, jvp_fn = obj.net_fns(net)
+        return obj.tf_scm_loss(v_fn, jvp_fn, obj.net_fns(tf_teacher)[0], x0, eps, t, ctx, ctx_u, pattern, 1.0)
 
     return loss_at

@@ -147,14 +147,8 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     stepper = Stepper(net.parameters(), tc)
     g = torch.Generator(device=dev)
 
-    def v_fn(x, t, ctx, mask=None, r=None):
-        return net(x, t, ctx, mask=mask, r=r)
-
-    def jvp_fn(x, t, ctx, x_dot, t_dot, mask, tangent_from, r=None, r_dot=None):
-        return net.forward_jvp(x, t, ctx, x_dot, t_dot, mask=mask, tangent_from=tangent_from, r=r, r_dot=r_dot)
-
-    def teacher_fn(x, t, ctx, mask=None, r=None):
-        return teacher(x, t, ctx, mask=mask)
+    v_fn, jvp_fn = obj.net_fns(net)
+    teacher_fn = obj.net_fns(teacher)[0] if teacher is not None else None
 
     def step_fn(step: int) -> dict:
         g.manual_seed(tc.seed * 1_000_003 + step)
