@@ -18,6 +18,12 @@ stages:
      overrides: [train.steps=2, train.batch=2, objective.noisy_context=true]}
   - {stage: tf_meanflow, preset: blob-tiny, inputs: {data: synth, init: tf, teacher: tf},
      overrides: [train.steps=2, train.batch=2]}
+  - {stage: tf_dcm, preset: blob-tiny, inputs: {data: synth, init: tf, teacher: tf},
+     overrides: [train.steps=2, train.batch=2]}
+  - {stage: df, preset: blob-tiny, inputs: {data: synth, init: teacher}, overrides: [train.steps=2, train.batch=2]}
+  - {stage: synth, name: synth_ode, preset: blob-tiny, inputs: {teacher: teacher},
+     overrides: [n=4, steps=6, batch=4, "ode_times=[0.9994,0.9375,0.8333,0.625]"]}
+  - {stage: ode_init, preset: blob-tiny, inputs: {data: synth_ode, init: tf}, overrides: [train.steps=2, train.batch=2]}
   - {stage: sf_dmd, preset: blob-tiny, inputs: {init: tf_scm, teacher: teacher},
      overrides: [train.steps=2, train.batch=2, critic_ratio=1, context=noisy]}
   - {stage: sf_dmd, name: sf_dmd_joint, preset: blob-tiny,
@@ -33,7 +39,8 @@ def test_recipe_end_to_end(tmp_path):
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    for name in ("teacher", "tf", "tf_scm", "tf_meanflow", "sf_dmd", "sf_dmd_joint", "data (rendered)"):
+    for name in ("teacher", "tf", "tf_scm", "tf_meanflow", "tf_dcm", "df", "ode_init", "sf_dmd", "sf_dmd_joint",
+                 "data (rendered)"):
         assert f"| {name} |" in report
     student = Generator.load(out / "tf_scm" / "model.safetensors")
     assert student.sampling["method"] == "few_step" and student.sampling["context"] == "noisy"
