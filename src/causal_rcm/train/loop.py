@@ -43,7 +43,7 @@ class TrainConfig:
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A step produced a non-finite loss or gradient: the loop skips it (and stops after max_bad_steps)."""
 
 
 def device_and_autocast(precision: str, device: str | None = None):
