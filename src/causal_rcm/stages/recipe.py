@@ -84,30 +84,24 @@ def _synth(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     return {"data": run_synth(cfg, run_dir, device)}
 
 
-def _tf_method(st: dict, run_dir: Path, outputs: dict, device) -> dict:
-    from .tf import resolve, train_tf
-
-    cfg = resolve(st.get("preset", "blob-s"), st["stage"], _overrides(st, outputs))
+def _student(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    """The causal teacher, the TF students and SF-DMD: each writes RUN/<name>/model.safetensors."""
     bundle = run_dir / "model.safetensors"
     if not bundle.is_file():
-        train_tf(cfg, run_dir, device)
+        if st["stage"] == "sf_dmd":
+            from .sf_dmd import resolve, train_sf_dmd
+
+            train_sf_dmd(resolve(st.get("preset", "blob-s"), _overrides(st, outputs)), run_dir, device)
+        else:
+            from .tf import resolve, train_tf
+
+            train_tf(resolve(st.get("preset", "blob-s"), st["stage"], _overrides(st, outputs)), run_dir, device)
     world = next(o["world"] for o in outputs.values() if "world" in o)
     return {"bundle": bundle, "run_dir": run_dir, "world": world}
 
 
-def _sf_dmd(st: dict, run_dir: Path, outputs: dict, device) -> dict:
-    from .sf_dmd import resolve, train_sf_dmd
-
-    cfg = resolve(st.get("preset", "blob-s"), _overrides(st, outputs))
-    bundle = run_dir / "model.safetensors"
-    if not bundle.is_file():
-        train_sf_dmd(cfg, run_dir, device)
-    world = next(o["world"] for o in outputs.values() if "world" in o)
-    return {"bundle": bundle, "run_dir": run_dir, "world": world}
-
-
-STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, "sf_dmd": _sf_dmd, **{m: _tf_method for m in ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow",
-                                                                   "ode_init")}}
+STUDENT_STAGES = ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd")
+STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, **{m: _student for m in STUDENT_STAGES}}
 
 
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:
@@ -119,7 +113,6 @@ def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> 
 
 def run_stages(path: str | Path, out: str | Path | None = None, device=None):
     """Run the recipe's stages and score their bundles; returns (out, recipe, scored rows, run folders)."""
-
     recipe = load_recipe(path)
     out = Path(out or recipe.get("out") or f"runs/{recipe['name']}")
     out.mkdir(parents=True, exist_ok=True)
