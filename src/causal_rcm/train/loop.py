@@ -187,7 +187,8 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
             out_of_time = cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit
             if out_of_time and done % cfg.ckpt_every:
                 save_training_state(run_dir, done, state, optimizers, extra)
-            if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
+            final = done == cfg.steps or out_of_time
+            if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or final):
                 scores = evaluate(done)
                 log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
                 tqdm.write(f"[{desc}] step {done}: " + ", ".join(
