@@ -21,7 +21,6 @@ and the tangent against the fp32 reference computed blockwise over query chunks 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import multiprocessing as mp
 import time
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
-from causal_rcm.kernels import attention_jvp_ref
+from causal_rcm.kernels import attention_ref
 from causal_rcm.kernels.flash_attn_jvp import KernelConfig, Tiles, default_config, flash_attention_jvp
 from causal_rcm.models.masks import teacher_forcing
 
@@ -124,9 +123,9 @@ def rel(a, b) -> float:
 def check(name, x, o, to, o_base) -> dict:
     """Primal vs the baseline forward; primal and tangent vs the blockwise fp32 reference."""
     mask, L, tr, tk = CASES[name]
-    ref = importlib.import_module("causal_rcm.kernels.attention_ref")
+    from causal_rcm.kernels import reference as ref
     ref.REF_CHUNK_ELEMENTS = 1 << 28  # 1 GiB fp32 score chunks: plenty of room on the GPU, fewer launches
-    o_ref, to_ref = attention_jvp_ref(*x, mask, N, q_offset=0, tangent_rows=tr, tangent_keys=tk)
+    o_ref, to_ref = attention_ref(*x, mask, N, q_offset=0, tangent_rows=tr, tangent_keys=tk)
     errs = dict(primal_vs_flex=rel(o, o_base), primal_vs_ref=rel(o, o_ref), tangent_vs_ref=rel(to, to_ref),
                 finite=bool(torch.isfinite(o).all() and torch.isfinite(to).all()))
     errs["ok"] = errs["finite"] and errs["primal_vs_flex"] < 5e-3 and errs["tangent_vs_ref"] < 2e-2

@@ -4,12 +4,11 @@ and the PyTorch reference, both against ``torch.func.jvp`` of the reference in f
 Shapes are tiny (d = 16, frames of 5–13 tokens, 16-row tiles) so that lengths are never tile multiples,
 query tiles straddle frame and block boundaries, and the interpreter stays fast.
 """
-import importlib
 
 import pytest
 import torch
 
-from causal_rcm.kernels import attention_jvp, attention_jvp_ref, attention_ref
+from causal_rcm.kernels import attention_jvp, attention_math, attention_ref
 from causal_rcm.kernels.flash_attn_jvp import KernelConfig, Tiles, flash_attention_jvp
 from causal_rcm.models.masks import block_causal, teacher_forcing
 
@@ -61,7 +60,7 @@ def func_jvp_of_ref(c, q, k, v, tq, tk, tv):
     def pad(t, n):
         return torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[-1]), t], dim=-2)
 
-    o, to = torch.func.jvp(lambda q, k, v: attention_ref(q, k, v, c["mask"], c["N"], None, c["q_offset"]),
+    o, to = torch.func.jvp(lambda q, k, v: attention_math(q, k, v, c["mask"], c["N"], None, c["q_offset"]),
                            (q, k, v), (pad(tq, c["tangent_rows"]), pad(tk, c["tangent_keys"]),
                                        pad(tv, c["tangent_keys"])))
     return o, to[..., c["tangent_rows"]:, :]
@@ -80,7 +79,7 @@ def kw(c):
 def test_reference_tangent_is_func_jvp(name):
     c = CASES[name]
     x = make_inputs(c)
-    o, to = attention_jvp_ref(*x, c["mask"], c["N"], **kw(c))
+    o, to = attention_ref(*x, c["mask"], c["N"], **kw(c))
     o_ad, to_ad = func_jvp_of_ref(c, *x)
     assert to.shape == (1, 2, c["Lq"] - c["tangent_rows"], D)
     assert rel(o, o_ad) < 1e-12 and rel(to, to_ad) < 1e-12
@@ -117,7 +116,7 @@ def test_kernel_other_tiles(name, fused):
     cfg = KernelConfig(Tiles(32, 16, 1, 1), Tiles(32, 32, 1, 1), fused) if fused else \
         KernelConfig(Tiles(16, 32, 1, 1), Tiles(32, 16, 1, 1), fused)
     o, to = flash_attention_jvp(q, k, v, tq, tk, tv, c["mask"], c["N"], 0.3, **kw(c), config=cfg)
-    o_ad, to_ad = torch.func.jvp(lambda q, k, v: attention_ref(q, k, v, c["mask"], c["N"], 0.3, c["q_offset"]),
+    o_ad, to_ad = torch.func.jvp(lambda q, k, v: attention_math(q, k, v, c["mask"], c["N"], 0.3, c["q_offset"]),
                                  *_padded(c, q, k, v, tq, tk, tv))
     assert rel(o, o_ad) < 1e-5 and rel(to, to_ad[..., c["tangent_rows"]:, :]) < 1e-5
 
@@ -175,7 +174,7 @@ def test_default_backend_on_cpu_is_the_reference():
     c = CASES["tf_c1-1"]
     x = make_inputs(c, torch.float32)
     o, to = attention_jvp(*x, c["mask"], c["N"], **kw(c))
-    o_ref, to_ref = attention_jvp_ref(*x, c["mask"], c["N"], **kw(c))
+    o_ref, to_ref = attention_ref(*x, c["mask"], c["N"], **kw(c))
     assert torch.equal(o, o_ref) and torch.equal(to, to_ref)
     with pytest.raises(ValueError, match="backend"):
         attention_jvp(*x, c["mask"], c["N"], **kw(c), backend="flash")
@@ -183,12 +182,12 @@ def test_default_backend_on_cpu_is_the_reference():
 
 def test_reference_chunks_query_rows(monkeypatch):
     """The chunked reference equals one dense pass (chunking only bounds its memory)."""
-    ref = importlib.import_module("causal_rcm.kernels.attention_ref")  # the package re-exports a function of that name
+    from causal_rcm.kernels import reference as ref
     c = CASES["tf_c3-3"]
     x = make_inputs(c)
-    whole = attention_jvp_ref(*x, c["mask"], c["N"], **kw(c))
+    whole = attention_ref(*x, c["mask"], c["N"], **kw(c))
     monkeypatch.setattr(ref, "REF_CHUNK_ELEMENTS", 2 * c["Lk"] * 7)  # 7 rows per chunk
-    chunked = attention_jvp_ref(*x, c["mask"], c["N"], **kw(c))
+    chunked = attention_ref(*x, c["mask"], c["N"], **kw(c))
     assert all(torch.allclose(a, b, rtol=0, atol=1e-13) for a, b in zip(whole, chunked))
 
 
@@ -207,5 +206,5 @@ def test_kernel_gpu_default_tiles(name):
          for n in (c["Lq"], c["Lk"], c["Lk"], c["Lq"] - c["tangent_rows"], c["Lk"] - c["tangent_keys"],
                    c["Lk"] - c["tangent_keys"])]
     o, to = attention_jvp(*x, c["mask"], c["N"], **kw(c))
-    o_ref, to_ref = attention_jvp_ref(*(t.double() for t in x), c["mask"], c["N"], **kw(c))
+    o_ref, to_ref = attention_ref(*(t.double() for t in x), c["mask"], c["N"], **kw(c))
     assert rel(o, o_ref) < 1e-2 and rel(to, to_ref) < 2e-2

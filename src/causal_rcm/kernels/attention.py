@@ -30,9 +30,9 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "math":
-        from .attention_ref import attention_ref
+        from .reference import attention_math
 
-        return attention_ref(q, k, v, mask, frame_tokens, q_offset=q_offset)
+        return attention_math(q, k, v, mask, frame_tokens, q_offset=q_offset)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v)
     if frame_tokens is None:
@@ -83,7 +83,7 @@ def attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: i
     q [B, H, Lq, d], k and v [B, H, Lk, d]; tq holds query rows [tangent_rows, Lq), tk and tv keys
     [tangent_keys, Lk) (zero tangents elsewhere, by structure); Ȯ has shape [B, H, Lq − tangent_rows, d].
     ``backend``: "triton" (CUDA, or CPU under TRITON_INTERPRET=1; kernels/flash_attn_jvp.py), "ref" (dense
-    PyTorch; kernels/attention_ref.py), None = Triton for CUDA tensors and the reference elsewhere.
+    PyTorch; kernels/reference.py), None = Triton for CUDA tensors and the reference elsewhere.
     """
     backend = backend or ("triton" if q.is_cuda else "ref")
     kw = dict(q_offset=q_offset, tangent_rows=tangent_rows, tangent_keys=tangent_keys)
@@ -92,7 +92,7 @@ def attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: i
 
         return flash_attention_jvp(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
     if backend == "ref":
-        from .attention_ref import attention_jvp_ref
+        from .reference import attention_ref
 
-        return attention_jvp_ref(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
+        return attention_ref(q, k, v, tq, tk, tv, mask, frame_tokens, scale, **kw)
     raise ValueError(f"unknown attention_jvp backend {backend!r}; choose 'triton', 'ref' or None")

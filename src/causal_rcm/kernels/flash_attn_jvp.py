@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ..models.masks import Mask
-from .attention_ref import check_jvp_args
+from .reference import check_jvp_args
 
 LOG2E = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp(x) = exp2(x·log2 e), the fast hardware op
 

@@ -10,8 +10,9 @@ sequence. Known zero tangents are structure given by the caller: ``tq`` holds qu
 
 The math is dense over query-row chunks (at most ``REF_CHUNK_ELEMENTS`` scores at a time), in fp32 for
 half-precision inputs and fp64 for fp64 inputs, and made of plain differentiable ops, so tests can check
-the explicit tangent against ``torch.func.jvp`` of ``attention_ref``. The Triton kernel
-(``flash_attn_jvp.py``) computes the same function without the dense scores.
+the explicit tangent of ``attention_ref`` (the JVP reference, with ``attention_jvp``'s signature) against
+``torch.func.jvp`` of ``attention_math`` (the forward alone). The Triton kernel (``flash_attn_jvp.py``)
+computes the same function without the dense scores.
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def _softmax_rows(q_c, kT, mask, frame_tokens, T, i0, i1, q_offset, scale):
     return torch.softmax(s, dim=-1)
 
 
-def attention_ref(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None,
-                  scale: float | None = None, q_offset: int = 0) -> torch.Tensor:
+def attention_math(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None,
+                   scale: float | None = None, q_offset: int = 0) -> torch.Tensor:
     """O = softmax(scale·QKᵀ + mask)·V, chunked over query rows; output in q's dtype."""
     shp = check_attention_args(q, k, v, mask, frame_tokens, scale, q_offset)
     ct = _compute_dtype(q)
@@ -137,9 +138,9 @@ def attention_ref(q, k, v, mask: Mask | None = None, frame_tokens: int | None = 
     return torch.cat(out, dim=-2).to(q.dtype)
 
 
-def attention_jvp_ref(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: int | None = None,
-                      scale: float | None = None, *, q_offset: int = 0, tangent_rows: int = 0,
-                      tangent_keys: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_ref(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tokens: int | None = None,
+                  scale: float | None = None, *, q_offset: int = 0, tangent_rows: int = 0,
+                  tangent_keys: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, Ȯ) with Ȯ = PV̇ + (P⊙Ṡ)V − rowsum(P⊙Ṡ)·O, Ṡ = scale·(Q̇Kᵀ + QK̇ᵀ); Ȯ of rows >= tangent_rows."""
     shp = check_jvp_args(q, k, v, tq, tk, tv, mask, frame_tokens, scale, q_offset, tangent_rows, tangent_keys)
     ct = _compute_dtype(q)
