@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from causal_rcm.cli import main
 from causal_rcm.generate import Generator
@@ -62,3 +63,16 @@ def test_recipe_errors(tmp_path):
     assert main(["run", str(bad)]) == 2
     bad.write_text("stages:\n  - {stage: teleport}\n")
     assert main(["run", str(bad)]) == 2
+
+
+def test_teacher_continues_from_a_bundle(tmp_path):
+    """init= starts the teacher from a bundle's weights (with lr = 0 they come out unchanged)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "teacher", "--preset", "blob-tiny", "train.steps=1", "train.batch=2",
+                 "--out", str(first)]) == 0
+    assert main(["train", "teacher", "--preset", "blob-tiny", "train.steps=1", "train.batch=2", "train.lr=0",
+                 f"init={first / 'teacher.safetensors'}", "--out", str(second)]) == 0
+    a, b = (Generator.load(p / "teacher.safetensors").net.state_dict() for p in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert main(["train", "teacher", "--preset", "blob-s", "train.steps=1",
+                 f"init={first / 'teacher.safetensors'}", "--out", str(tmp_path / "c")]) == 2

@@ -46,6 +46,7 @@ class TeacherConfig:
     t_shift: float = 3.0
     cfg_dropout: float = 0.1
     compile: bool = True  # torch.compile the network on GPU
+    init: str = ""  # start from a teacher bundle's weights (e.g. continue the shipped teacher)
 
 
 def teacher_preset(name: str) -> TeacherConfig:
@@ -97,6 +98,12 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     seed_everything(tc.seed)
     dev, autocast = device_and_autocast(tc.precision, device)
     net, text = build_teacher(cfg)
+    if cfg.init:
+        start = Generator.load(cfg.init, device="cpu")
+        if start.net.cfg != cfg.model or start.text_encoder.cfg != text.cfg:
+            raise ValueError(f"init={cfg.init} holds a different model or text encoder than this config")
+        net.load_state_dict(start.net.state_dict())
+        text.load_state_dict(start.text_encoder.state_dict())
     teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
     ema = make_ema(teacher, tc)
     stepper = Stepper(teacher.parameters(), tc)
