@@ -29,17 +29,13 @@ from .models.conditioning import TextEncoderConfig, WorldTextEncoder
 from .models.wan import WanDiT
 from .stream.engine import EulerCFG, FewStep, Noise, stream
 from .stages.common import WorldConfig
-from .train.checkpoint import load_bundle
+from .train.checkpoint import load_bundle, save_bundle
 from .train.loop import progress
 
 
 def sample_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, device=None) -> torch.Tensor:
-    """ε_i ~ N(0, I) from its own generator seeded by (seed, start + i)."""
-    out = torch.empty((n, *shape))
-    for i in range(n):
-        s = int(np.random.SeedSequence([seed, start + i]).generate_state(1)[0])
-        out[i] = torch.randn(shape, generator=torch.Generator().manual_seed(s))
-    return out.to(device)
+    """ε_i ~ N(0, I) from its own generator seeded by (seed, start + i) (``Noise`` with an empty tag)."""
+    return Noise(seed, range(start, start + n), device).draw((), shape)
 
 
 def autocast_for(device: torch.device):
@@ -72,6 +68,10 @@ class Generator:
         config = dict(kind=kind, model=net.cfg.to_dict(), text_encoder=text_encoder.cfg.to_dict(),
                       world=asdict(world), sampling=sampling)
         return cls(net, text_encoder, config, next(net.parameters()).device)
+
+    def save(self, path: str | Path, **extra) -> Path:
+        """Write the network and text encoder as a bundle; ``extra`` joins the config (e.g. method=...)."""
+        return save_bundle(path, {"net": self.net, "text_encoder": self.text_encoder}, {**self.config, **extra})
 
     @property
     def video_shape(self) -> tuple[int, int, int, int]:

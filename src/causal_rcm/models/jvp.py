@@ -40,7 +40,6 @@ def forward_jvp(model, x, t, context, x_dot, t_dot, mask: Mask | None = None, ta
     (then its first f0 frames must be zero by the caller's structure and v̇ comes back for all F frames,
     zero before f0); t_dot like t, or [B, F − f0]. With r (MeanFlow's second time) pass r_dot too.
     """
-    cfg = model.cfg
     B, C, Fr, H, W = x.shape
     f0 = tangent_from
     full_tangent = x_dot.shape[2] == Fr

@@ -1,7 +1,14 @@
-"""Configuration pieces every stage shares: the world, teacher sampling, evaluation."""
+"""What every stage shares: the world, teacher sampling and evaluation configs, and starting a run."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from ..data import blobworld
 
@@ -50,3 +57,23 @@ class EvalConfig:
     per_prompt: int = 16
     seed: int = 1234
     batch: int = 256
+
+
+def config_dict(cfg) -> dict:
+    """A (nested) config dataclass as plain JSON values."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def begin_run(stage: str, cfg, run_dir: str | Path, seed: int) -> Path:
+    """Create the run folder, write its resolved config.json, seed every generator."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"stage": stage, **config_dict(cfg)}, indent=2))
+    seed_everything(seed)
+    return run_dir

@@ -30,6 +30,12 @@ def eval_prompts(world: WorldConfig, ev: EvalConfig) -> list[str]:
     return [p for p in world.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
 
 
+def evaluate_generator(gen: Generator, ev: EvalConfig, **sampling) -> dict:
+    """World metrics of the generator's samples in the evaluation layout (no timing, no files)."""
+    prompts = eval_prompts(gen.world, ev)
+    return evaluate(gen.sample(prompts, seed=ev.seed, batch=ev.batch, show_progress=False, **sampling), prompts)
+
+
 def score_data(world: WorldConfig, ev: EvalConfig) -> Scored:
     """The "data" row: freshly rendered videos with the same prompts as the models get."""
     prompts = eval_prompts(world, ev)

@@ -13,7 +13,6 @@ world's; no data is needed otherwise.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +27,9 @@ from ..objectives import tf as obj
 from ..objectives.dmd import critic_loss, dmd_loss, dmd_target
 from ..stream.engine import FewStep, Noise
 from ..stream.rollout import replay_blocks, rollout
-from ..train.checkpoint import save_bundle
 from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig
-from .teacher import config_dict, evaluate_generator, seed_everything
+from .common import EvalConfig, begin_run
+from .report import evaluate_generator
 
 
 @dataclass(frozen=True)
@@ -73,13 +71,10 @@ def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
 
 
 def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"stage": "sf_dmd", **config_dict(cfg)}, indent=2))
     if not cfg.init or not cfg.teacher:
         raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the bidirectional teacher)")
     tc = cfg.train
-    seed_everything(tc.seed)
+    run_dir = begin_run("sf_dmd", cfg, run_dir, tc.seed)
     dev, autocast = device_and_autocast(tc.precision, device)
     src, real = Generator.load(cfg.init, device="cpu"), Generator.load(cfg.teacher, device="cpu")
     if real.sampling.get("method", "euler") != "euler":
@@ -158,8 +153,11 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     sampling = dict(method="few_step", pattern=pattern.name, steps_first=cfg.steps_first, steps=cfg.steps,
                     context=cfg.context)
 
+    def ema_generator() -> Generator:
+        return Generator.from_modules(ema.model, text, world, sampling, "student")
+
     def evaluate(step: int) -> dict:
-        return evaluate_generator(Generator.from_modules(ema.model, text, world, sampling, "student"), cfg.eval)
+        return evaluate_generator(ema_generator(), cfg.eval)
 
     def on_resume(step: int, extra: dict) -> None:
         gen_opt.on_resume(step, extra, "gen")
@@ -167,9 +165,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
 
     run_loop(tc, run_dir, step_fn, {"generator": gen_net, "critic": critic, "ema": ema},
              {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluate, "sf_dmd", on_resume)
-    bundle = dict(kind="student", method="sf_dmd", model=ema.model.cfg.to_dict(), text_encoder=text.cfg.to_dict(),
-                  world=dataclasses.asdict(world), sampling=sampling)
-    return save_bundle(run_dir / "model.safetensors", {"net": ema.model, "text_encoder": text}, bundle)
+    return ema_generator().save(run_dir / "model.safetensors", method="sf_dmd")
 
 
 def _joint_setup(cfg: DMDConfig, dev):

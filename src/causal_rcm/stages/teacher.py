@@ -8,28 +8,24 @@ EMA samples) and, at the end, RUN/teacher.safetensors (the EMA weights as a bund
 from __future__ import annotations
 
 import dataclasses
-import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import WanConfig, apply_overrides
 from ..config import preset as model_preset
 from ..data.blobworld import to_model
 from ..data.stream import world_loader
-from ..eval.metrics import evaluate as world_metrics
 from ..flow import sample_t
 from ..generate import Generator
 from ..models.conditioning import TextEncoderConfig, WorldTextEncoder
 from ..models.wan import WanDiT
 from ..objectives.teacher import flow_matching_loss
-from ..train.checkpoint import save_bundle
 from ..train.loop import Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig, SampleConfig, WorldConfig
+from .common import EvalConfig, SampleConfig, WorldConfig, begin_run
+from .report import evaluate_generator
 
 
 @dataclass(frozen=True)
@@ -74,28 +70,9 @@ def build_teacher(cfg: TeacherConfig) -> tuple[WanDiT, WorldTextEncoder]:
     return net, text
 
 
-def config_dict(cfg) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def evaluate_generator(gen: Generator, ev: EvalConfig, sampling: dict | None = None) -> dict:
-    prompts = [p for p in gen.world.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
-    videos = gen.sample(prompts, seed=ev.seed, batch=ev.batch, show_progress=False, **(sampling or {}))
-    return world_metrics(videos, prompts)
-
-
 def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = None) -> Path:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"stage": "teacher", **config_dict(cfg)}, indent=2))
     tc = cfg.train
-    seed_everything(tc.seed)
+    run_dir = begin_run("teacher", cfg, run_dir, tc.seed)
     dev, autocast = device_and_autocast(tc.precision, device)
     net, text = build_teacher(cfg)
     if cfg.init:
@@ -132,16 +109,15 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
         metrics["data_wait_s"] = t_wait
         return {k: float(v) for k, v in metrics.items()}
 
+    def ema_generator() -> Generator:
+        return Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
+
     def evaluate(step: int) -> dict:
-        g = Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
-        return evaluate_generator(g, cfg.eval)
+        return evaluate_generator(ema_generator(), cfg.eval)
 
     run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": stepper.opt}, evaluate, "teacher",
              stepper.on_resume)
-    bundle = dict(kind="teacher", model=cfg.model.to_dict(), text_encoder=text.cfg.to_dict(),
-                  world=dataclasses.asdict(cfg.world), sampling=sampling)
-    return save_bundle(run_dir / "teacher.safetensors",
-                       {"net": ema.model["net"], "text_encoder": ema.model["text_encoder"]}, bundle)
+    return ema_generator().save(run_dir / "teacher.safetensors")
 
 
 def resolve(preset_name: str, overrides: list[str]) -> TeacherConfig:

@@ -12,7 +12,6 @@ and periodic world metrics of EMA samples, few-step causal sampling) and RUN/mod
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from ..flow import sample_t_logit_normal, sample_t_shifted
 from ..generate import Generator
 from ..models.masks import ChunkPattern
 from ..objectives import tf as obj
-from ..train.checkpoint import save_bundle
 from ..train.loop import Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig
-from .teacher import config_dict, evaluate_generator, seed_everything
+from .common import EvalConfig, begin_run
+from .report import evaluate_generator
 
 METHODS = ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init")
 CAUSAL_TEACHERS = ("tf", "df")
@@ -126,11 +124,8 @@ def _load(path: str, what: str, dual_time: bool = False) -> Generator:
 def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> Path:
     from ..data.synthetic import read_synthetic
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"stage": cfg.method, **config_dict(cfg)}, indent=2))
     tc, ob = cfg.train, cfg.objective
-    seed_everything(tc.seed)
+    run_dir = begin_run(cfg.method, cfg, run_dir, tc.seed)
     dev, autocast = device_and_autocast(tc.precision, device)
     pattern = ChunkPattern.parse(cfg.pattern)
 
@@ -194,15 +189,15 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     sampling = bundle_sampling(cfg)
     kind = "causal_teacher" if cfg.method in CAUSAL_TEACHERS else "student"
 
+    def ema_generator() -> Generator:
+        return Generator.from_modules(ema.model, text, world, sampling, kind)
+
     def evaluate(step: int) -> dict:
-        gen = Generator.from_modules(ema.model, text, world, sampling, kind)
-        return evaluate_generator(gen, cfg.eval)
+        return evaluate_generator(ema_generator(), cfg.eval)
 
     run_loop(tc, run_dir, step_fn, {"net": net, "ema": ema}, {"opt": stepper.opt}, evaluate, cfg.method,
              stepper.on_resume)
-    bundle = dict(kind=kind, method=cfg.method, model=ema.model.cfg.to_dict(), text_encoder=text.cfg.to_dict(),
-                  world=dataclasses.asdict(world), sampling=sampling)
-    return save_bundle(run_dir / "model.safetensors", {"net": ema.model, "text_encoder": text}, bundle)
+    return ema_generator().save(run_dir / "model.safetensors", method=cfg.method)
 
 
 __all__ = ["TFConfig", "Objective", "Sampling", "METHODS", "tf_preset", "resolve", "train_tf"]
