@@ -6,7 +6,7 @@ Cases (B = 1, 1560 tokens per latent frame, 512 text tokens, same random weights
              has no cache, so its rows are the 3-frame forward without context (a lower bound) and the
              21-frame forward it would need to condition the chunk on 18 frames)
 
-    python benchmarks/wan_forward.py --out results/wan_forward.json [--compile]
+    python benchmarks/wan_forward.py --out results/wan_forward.json [--unfused] [--compile]
 
 Prints a table and writes JSON. Timing: CUDA events, median of --iters after --warmup calls.
 """
@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd versions of both")
-    ap.add_argument("--fused", action="store_true", help="also time ours with the fused RMSNorm+RoPE kernel")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time ours with q/k RMSNorm+RoPE as the PyTorch composition (the fused kernel is the default)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
@@ -93,9 +94,9 @@ def main():
             return lambda: model(x[:, :, 18:21], t, context, cache=cache)
 
         variants = [("ours (eager)", ours, "ref (diffusers, eager)", ref)]
-        if args.fused:
-            fused = WanDiT.from_state_dict(ref.state_dict(), num_heads=12).to(dev, dt).eval().use_fused_norm_rope()
-            variants.append(("ours (eager, fused norm+rope)", fused, "ref (diffusers, eager)", ref))
+        if args.unfused:
+            plain = WanDiT.from_state_dict(ref.state_dict(), num_heads=12).to(dev, dt).eval().use_fused_norm_rope(False)
+            variants.append(("ours (eager, unfused norm+rope)", plain, "ref (diffusers, eager)", ref))
         if args.compile:
             variants.append(("ours (compiled)", torch.compile(ours), "ref (diffusers, compiled)", torch.compile(ref)))
         for our_name, om, ref_name, rm in variants:
