@@ -5,7 +5,8 @@ reference rows, and the data row. Writes JSON and a Markdown table (for docs/res
 
 Students (few-step bundles) are sampled with each step count for the chunks after the first
 (``--first`` steps for the first chunk; "same" uses the step count there too); teachers with their own
-settings. Evaluation layout: --prompts prompts spread over the world's list × --per-prompt samples.
+settings, and with --teachers-at-steps causal teachers also with those step counts (Euler with CFG: the
+undistilled baseline). Evaluation layout: --prompts prompts spread over the world's list × --per-prompt samples.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main():
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--per-prompt", type=int, default=16)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--teachers-at-steps", action="store_true",
+                    help="also sample causal teachers with each step count (the no-distillation baseline)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="results/table.json")
     args = ap.parse_args()
@@ -43,7 +46,8 @@ def main():
         world = world or gen.world
         if gen.method != "few_step":
             rows.append((name, score_bundle(name, gen, ev)))
-            continue
+            if not (args.teachers_at_steps and gen.method == "causal_euler"):
+                continue
         for k in (int(s) for s in args.steps.split(",")):
             first = k if args.first == "same" else int(args.first)
             label = f"{name}, {k} step{'s' if k > 1 else ''} ({gen.sampling['pattern']}, first chunk {first})"

@@ -1,37 +1,58 @@
 #!/usr/bin/env bash
-# Issue 5 on one GPU inside one device call: synthetic data from the shipped blob-s teacher, the causal
-# teacher (TF) for one chunk pattern, then the four students in parallel processes (small models leave the
-# GPU mostly idle, so they share it). bf16 bundles, configs and logs come back in $OUT as <=15 MiB tar parts.
+# Issue 5 on one GPU inside one device call, for one chunk pattern: synthetic data from the blob-s teacher,
+# the causal teacher (TF), the students in parallel processes (they share the GPU), then every bundle scored
+# at 1, 2 and 4 steps (scripts/eval_table.py). Bundles (bf16), logs and the table come back in $OUT as
+# <=15 MiB tar parts.
 #   OUT=out bash scripts/gpu/tf_students_blob_s.sh c3-3
-# Knobs (seconds / counts): TF_SECONDS, STUDENT_SECONDS, N, N_ODE.
+# Reuse earlier work instead of redoing it (paths on the device, e.g. unpacked from .carry/):
+#   SYNTH=dir  SYNTH_ODE=dir  TF=bundle
+# Knobs: METHODS ("tf_dcm tf_scm tf_meanflow ode_init"), TF_SECONDS, STUDENT_SECONDS, N, N_ODE, PRESET,
+#   STUDENT_ARGS (extra overrides for every student, e.g. "train.eval_every=50"), STEPS (eval table, "1,2,4"),
+#   EVAL_ARGS (extra eval_table.py arguments).
 set -euo pipefail
 OUT=${OUT:-out}
 P=${1:-c3-3}
 RUN=${RUN:-/tmp/blob-s-$P}
+PRESET=${PRESET:-blob-s}
 TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
+METHODS=${METHODS:-tf_dcm tf_scm tf_meanflow ode_init}
 mkdir -p "$OUT" "$RUN"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 crm() { python -m causal_rcm.cli "$@"; }
-quiet() { tr '\r' '\n' | grep -v "it/s\]\|s/it\]" | tail -4; }
+quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -4; }
 
-crm synth --teacher "$TEACHER" --n "${N:-2048}" --seed 0 --batch 256 --out "$RUN/synth" 2>&1 | quiet &
-crm synth --teacher "$TEACHER" --n "${N_ODE:-1024}" --seed 1 --batch 256 --steps 48 \
-    --ode-times 0.9994,0.9375,0.8333,0.625 --out "$RUN/synth_ode" 2>&1 | quiet &
+SYNTH=${SYNTH:-$RUN/synth}
+SYNTH_ODE=${SYNTH_ODE:-$RUN/synth_ode}
+# synth resumes a partial dataset and returns at once when it is complete
+crm synth --teacher "$TEACHER" --n "${N:-2048}" --seed 0 --batch 256 --out "$SYNTH" 2>&1 | quiet &
+if [[ " $METHODS " == *" ode_init "* ]]; then
+  crm synth --teacher "$TEACHER" --n "${N_ODE:-1024}" --seed 1 --batch 256 --steps 48 \
+      --ode-times 0.9994,0.9375,0.8333,0.625 --out "$SYNTH_ODE" 2>&1 | quiet &
+fi
 wait
-crm train tf --preset blob-s pattern="$P" data="$RUN/synth" init="$TEACHER" train.eval_every=0 \
-    train.time_limit="${TF_SECONDS:-150}" --out "$RUN/tf" 2>&1 | quiet
-TF="$RUN/tf/model.safetensors"
-for m in tf_dcm tf_scm tf_meanflow; do
-  crm train $m --preset blob-s pattern="$P" data="$RUN/synth" init="$TF" teacher="$TF" \
-      train.time_limit="${STUDENT_SECONDS:-200}" --out "$RUN/$m" > "$RUN/$m.log" 2>&1 &
+if [[ -z "${TF:-}" ]]; then
+  crm train tf --preset "$PRESET" pattern="$P" data="$SYNTH" init="$TEACHER" train.eval_every=0 \
+      train.time_limit="${TF_SECONDS:-150}" --out "$RUN/tf" 2>&1 | quiet
+  TF="$RUN/tf/model.safetensors"
+fi
+for m in $METHODS; do
+  if [[ $m == ode_init ]]; then args=(data="$SYNTH_ODE" init="$TF"); else args=(data="$SYNTH" init="$TF" teacher="$TF"); fi
+  # shellcheck disable=SC2086
+  crm train "$m" --preset "$PRESET" pattern="$P" "${args[@]}" train.time_limit="${STUDENT_SECONDS:-200}" \
+      ${STUDENT_ARGS:-} --out "$RUN/$m" > "$RUN/$m.log" 2>&1 &
 done
-crm train ode_init --preset blob-s pattern="$P" data="$RUN/synth_ode" init="$TF" \
-    train.time_limit="${STUDENT_SECONDS:-200}" --out "$RUN/ode_init" > "$RUN/ode_init.log" 2>&1 &
 wait
 mkdir -p "$RUN/pack"
-for m in tf tf_dcm tf_scm tf_meanflow ode_init; do
+bundles=("tf ($P)=$TF")
+for m in $METHODS; do
   crm export "$RUN/$m/model.safetensors" --dtype bf16 --out "$RUN/pack/${m}_$P.safetensors" > /dev/null
   cp "$RUN/$m/metrics.jsonl" "$RUN/pack/${m}_$P.metrics.jsonl"
-  grep "eval/" "$RUN/$m/metrics.jsonl" | tail -1 | cut -c1-300 | sed "s/^/$m: /"
+  quiet < "$RUN/$m.log" > "$RUN/pack/${m}_$P.log"
+  bundles+=("$m=$RUN/$m/model.safetensors")
+  { grep "eval/" "$RUN/$m/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$m: /"
 done
+[[ -f "$RUN/tf/model.safetensors" ]] && crm export "$RUN/tf/model.safetensors" --dtype bf16 \
+    --out "$RUN/pack/tf_$P.safetensors" > /dev/null && cp "$RUN/tf/metrics.jsonl" "$RUN/pack/tf_$P.metrics.jsonl"
+python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2,4}" --teachers-at-steps ${EVAL_ARGS:-} --out "$RUN/pack/table_$P.json" 2>&1 | quiet
+cat "$RUN/pack/table_$P.md"
 tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/tf_students_$P.tar.part-"
