@@ -15,6 +15,7 @@ INITS=${INITS:-teacher=$TEACHER tf_scm=assets/blob-s/tf_scm_c3-3.safetensors}
 mkdir -p "$OUT" "$RUN/pack"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 crm() { python -m causal_rcm.cli "$@"; }
+cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
 quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -4; }
 
 names=()
@@ -30,9 +31,9 @@ for item in $INITS; do
   name=${item%%=*}; init=${item#*=}
   bundles+=("$name (before)=$init" "sf_dmd from $name=$RUN/$name/model.safetensors")
   crm export "$RUN/$name/model.safetensors" --dtype bf16 --out "$RUN/pack/sf_dmd_from_$name.safetensors" > /dev/null
-  cp "$RUN/$name/metrics.jsonl" "$RUN/pack/sf_dmd_from_$name.metrics.jsonl"
+  cp_if "$RUN/$name/metrics.jsonl" "$RUN/pack/sf_dmd_from_$name.metrics.jsonl"
   quiet < "$RUN/$name.log" > "$RUN/pack/sf_dmd_from_$name.log"
-  { grep "eval/" "$RUN/$name/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$name: /"
+  { grep -s "eval/" "$RUN/$name/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$name: /"
 done
 # shellcheck disable=SC2086
 python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2}" ${EVAL_ARGS:-} \

@@ -19,6 +19,7 @@ METHODS=${METHODS:-tf_dcm tf_scm tf_meanflow ode_init}
 mkdir -p "$OUT" "$RUN"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 crm() { python -m causal_rcm.cli "$@"; }
+cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
 quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -4; }
 
 SYNTH=${SYNTH:-$RUN/synth}
@@ -46,13 +47,13 @@ mkdir -p "$RUN/pack"
 bundles=("tf ($P)=$TF")
 for m in $METHODS; do
   crm export "$RUN/$m/model.safetensors" --dtype bf16 --out "$RUN/pack/${m}_$P.safetensors" > /dev/null
-  cp "$RUN/$m/metrics.jsonl" "$RUN/pack/${m}_$P.metrics.jsonl"
+  cp_if "$RUN/$m/metrics.jsonl" "$RUN/pack/${m}_$P.metrics.jsonl"
   quiet < "$RUN/$m.log" > "$RUN/pack/${m}_$P.log"
   bundles+=("$m=$RUN/$m/model.safetensors")
-  { grep "eval/" "$RUN/$m/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$m: /"
+  { grep -s "eval/" "$RUN/$m/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$m: /"
 done
 [[ -f "$RUN/tf/model.safetensors" ]] && crm export "$RUN/tf/model.safetensors" --dtype bf16 \
-    --out "$RUN/pack/tf_$P.safetensors" > /dev/null && cp "$RUN/tf/metrics.jsonl" "$RUN/pack/tf_$P.metrics.jsonl"
+    --out "$RUN/pack/tf_$P.safetensors" > /dev/null && cp_if "$RUN/tf/metrics.jsonl" "$RUN/pack/tf_$P.metrics.jsonl"
 python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2,4}" --teachers-at-steps ${EVAL_ARGS:-} --out "$RUN/pack/table_$P.json" 2>&1 | quiet
 cat "$RUN/pack/table_$P.md"
 tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/tf_students_$P.tar.part-"
