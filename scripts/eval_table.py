@@ -6,7 +6,8 @@ reference rows, and the data row. Writes JSON and a Markdown table (for docs/res
 Students (few-step bundles) are sampled with each step count for the chunks after the first
 (``--first`` steps for the first chunk; "same" uses the step count there too); teachers with their own
 settings, and with --teachers-at-steps causal teachers also with those step counts (Euler with CFG on
-every chunk, the first included: the undistilled baseline). Evaluation layout: --prompts prompts spread over the world's list × --per-prompt samples.
+every chunk, the first included: the undistilled baseline). Evaluation layout: --prompts prompts spread
+over the world's list × --per-prompt samples.
 """
 from __future__ import annotations
 

@@ -338,8 +338,9 @@ class WanDiT(nn.Module):
 
     def use_fused_norm_rope(self, enabled: bool = True) -> "WanDiT":
         """Route q/k RMSNorm + RoPE through the fused Triton kernel when running on CUDA without gradients
-        (fp32/bf16/fp16; the default: 6% faster 1.3B forwards on an H100, docs/benchmarks.md). ``False`` keeps
-        the PyTorch composition everywhere. Training and the forward-mode pass always use the composition."""
+        (fp32/bf16/fp16): the default, 7% faster 1.3B forwards on an H100 (docs/benchmarks.md). Sampling and
+        frozen teachers take it; a forward with gradients and the forward-mode pass use the PyTorch
+        composition. ``False`` keeps the composition everywhere."""
         for blk in self.blocks:
             blk.self_attn.fused_norm_rope = enabled
         return self
