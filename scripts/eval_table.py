@@ -5,8 +5,8 @@ reference rows, and the data row. Writes JSON and a Markdown table (for docs/res
 
 Students (few-step bundles) are sampled with each step count for the chunks after the first
 (``--first`` steps for the first chunk; "same" uses the step count there too); teachers with their own
-settings, and with --teachers-at-steps causal teachers also with those step counts (Euler with CFG on
-every chunk, the first included: the undistilled baseline). Evaluation layout: --prompts prompts spread
+settings, and with --teachers-at-steps causal teachers also with those step counts (Euler with CFG,
+the first chunk as the students': the undistilled baseline). Evaluation layout: --prompts prompts spread
 over the world's list × --per-prompt samples.
 """
 from __future__ import annotations
@@ -50,12 +50,9 @@ def main():
             if not (args.teachers_at_steps and gen.method == "causal_euler"):
                 continue
         for k in (int(s) for s in args.steps.split(",")):
-            if gen.method == "causal_euler":  # a causal teacher's Euler grid is the same for every chunk
-                label = f"{name}, {k} Euler step{'s' if k > 1 else ''} per chunk ({gen.sampling['pattern']})"
-                rows.append((label, score_bundle(label, gen, ev, steps=k)))
-                continue
             first = k if args.first == "same" else int(args.first)
-            label = f"{name}, {k} step{'s' if k > 1 else ''} ({gen.sampling['pattern']}, first chunk {first})"
+            kind = " Euler" if gen.method == "causal_euler" else ""
+            label = f"{name}, {k}{kind} step{'s' if k > 1 else ''} ({gen.sampling['pattern']}, first chunk {first})"
             rows.append((label, score_bundle(label, gen, ev, steps=k, steps_first=first)))
     data = score_data(world, ev)
     table = [{"name": data.name, **data.metrics}] + [

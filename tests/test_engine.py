@@ -6,7 +6,7 @@ from causal_rcm.flow import euler_times
 from causal_rcm.models import ChunkPattern, block_causal
 from causal_rcm.stream.engine import EulerCFG, FewStep, Noise, few_step_times, stream
 
-from .conftest import TINY
+from .conftest import TINY, randomize_
 
 SHAPE = (TINY.in_dim, 5, 6, 10)  # 5 frames of 15 tokens
 
@@ -33,8 +33,9 @@ def reference(net, ctx, ctx_u, noise, pattern, how):
             return net(xs, ts, ctx, mask=mask)[:, :, s:e]
 
         if guided:
-            grid = euler_times(how.steps, how.shift)
-            for k in range(how.steps):
+            n = how.steps if (b or how.steps_first is None) else how.steps_first
+            grid = euler_times(n, how.shift)
+            for k in range(n):
                 x = x + (grid[k + 1] - grid[k]) * v_of(x, grid[k])
             prefix.append(x)
             t_prefix.append(torch.zeros(B, e - s))
@@ -58,7 +59,8 @@ def reference(net, ctx, ctx_u, noise, pattern, how):
 
 
 @pytest.mark.parametrize("pattern", ["c1-1", "c1-4"])
-@pytest.mark.parametrize("how", [FewStep(4, 2), FewStep(3, 1, context="noisy"), EulerCFG(steps=3, cfg=2.0)])
+@pytest.mark.parametrize("how", [FewStep(4, 2), FewStep(3, 1, context="noisy"), EulerCFG(steps=3, cfg=2.0),
+                                 EulerCFG(steps=2, cfg=2.0, steps_first=4)])
 def test_stream_equals_full_sequence_algorithm(tiny_model, pattern, how):
     g = torch.Generator().manual_seed(0)
     ctx, ctx_u = torch.randn(2, 5, TINY.text_dim, generator=g), torch.zeros(2, 5, TINY.text_dim)
@@ -83,3 +85,30 @@ def test_step_counts_are_checked():
     assert few_step_times(2)[1] == pytest.approx(5 / 6)
     with pytest.raises(ValueError, match="1 to 4"):
         few_step_times(5)
+
+
+def test_generator_first_chunk_steps_for_causal_teachers_only():
+    """A causal teacher bundle takes steps_first (its first block on its own Euler grid); a bidirectional
+    teacher refuses it with a clear error instead of ignoring it."""
+    import dataclasses
+
+    from causal_rcm.config import preset
+    from causal_rcm.generate import Generator
+    from causal_rcm.models import WanDiT
+    from causal_rcm.models.conditioning import WorldTextEncoder
+    from causal_rcm.stages.common import WorldConfig
+
+    world = WorldConfig(size=16, frames=5)
+    text = WorldTextEncoder.for_prompts(list(world.prompts()), dim=16, num_layers=1, num_heads=2)
+    net = randomize_(WanDiT(dataclasses.replace(preset("blob-tiny"), text_dim=16)))
+    sampling = dict(method="causal_euler", pattern="c1-4", steps=2, cfg=2.0, shift=3.0)
+    causal = Generator.from_modules(net, text, world, sampling)
+    prompt = [world.prompts()[0]]
+    a = causal.sample(prompt, seed=0, steps=2, steps_first=3, show_progress=False)
+    b = causal.sample(prompt, seed=0, steps=3, show_progress=False)
+    c = causal.sample(prompt, seed=0, steps=2, show_progress=False)
+    assert (a[:, :1] == b[:, :1]).all()      # first block: 3 steps in both
+    assert not (a[:, :1] == c[:, :1]).all()  # ... not the 2 of the plain grid
+    bidir = Generator.from_modules(net, text, world, dict(method="euler", steps=2, cfg=2.0, shift=3.0))
+    with pytest.raises(ValueError, match="bidirectional"):
+        bidir.sample(prompt, seed=0, steps_first=3, show_progress=False)

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (teachers)")
     g.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (teachers)")
-    g.add_argument("--steps-first", type=int, default=None, help="steps of the first chunk (causal students)")
+    g.add_argument("--steps-first", type=int, default=None, help="steps of the first chunk (causal students and causal teachers)")
     g.add_argument("--prompt", default=None, help="one prompt for every sample")
     g.add_argument("--n", type=int, default=16)
     g.add_argument("--per-prompt", type=int, default=None,

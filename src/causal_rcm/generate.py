@@ -103,6 +103,8 @@ class Generator:
         method = sp.get("method", "euler")
         if method not in ("euler", "causal_euler", "few_step"):
             raise ValueError(f"unknown sampling method {method!r} in the bundle config")
+        if method == "euler" and steps_first is not None:
+            raise ValueError("steps_first is for causal models (chunk by chunk); this bundle is a bidirectional teacher")
         out = []
         # progress in (video × unit of work): Euler steps for a bidirectional teacher, blocks for causal models
         units = (int(sp["steps"]) if method == "euler"
@@ -118,7 +120,8 @@ class Generator:
                     x0 = euler_sample(lambda x, t: cfg_velocity(self.net, x, t, ctx, ctx_u, sp["cfg"]).float(),
                                       noise, units, float(sp["shift"]), progress=lambda i: bar.update(len(chunk)))
                 else:
-                    how = (EulerCFG(int(sp["steps"]), float(sp["cfg"]), float(sp["shift"]))
+                    how = (EulerCFG(int(sp["steps"]), float(sp["cfg"]), float(sp["shift"]),
+                                    None if sp.get("steps_first") is None else int(sp["steps_first"]))
                            if method == "causal_euler" else
                            FewStep(int(sp["steps_first"]), int(sp["steps"]), context=sp.get("context", "clean")))
                     noise = Noise(seed, list(range(s, s + len(chunk))), self.device)

@@ -86,6 +86,10 @@ class EulerCFG:
     steps: int = 50
     cfg: float = 3.0
     shift: float = 3.0
+    steps_first: int | None = None  # Euler steps of the first block (None: ``steps``, as every other block)
+
+    def steps_for(self, block: int) -> int:
+        return self.steps_first if (block == 0 and self.steps_first is not None) else self.steps
 
 
 def stream(net, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise, shape: tuple[int, ...],
@@ -121,8 +125,9 @@ def stream(net, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise
                 net(x, zeros, ctx_all, cache=cache, update_cache=True,
                     r=zeros if dual else None)
         else:
-            grid = euler_times(how.steps, how.shift, x.device)
-            for k in range(how.steps):
+            n = how.steps_for(b)
+            grid = euler_times(n, how.shift, x.device)
+            for k in range(n):
                 xin = torch.cat([x, x]) if guided else x
                 v = v_of(xin, grid[k])
                 if guided:
