@@ -7,7 +7,8 @@ at once. Two ways to denoise a block:
 - ``FewStep`` (distilled students, no CFG): times [t0, mid_1, …, mid_{n−1}, 0]; each step
   x̂0 = x − t·v, then x ← (1 − t_next)·x̂0 + t_next·ε_fresh; the last step returns x̂0.
 - ``EulerCFG`` (a causal teacher): Euler on the PF-ODE on a shifted grid with classifier-free guidance;
-  conditional and unconditional rows share one cache of batch 2B.
+  conditional and unconditional rows share one cache of batch 2B. Both take a separate step count for the
+  first block (``steps_first``), which has no context to lean on.
 
 Context write: "clean" runs a t = 0 pass of the finished block; "noisy" (students trained with noisy
 context) keeps the K/V of the last step's input instead, saving one forward per block.
