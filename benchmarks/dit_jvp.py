@@ -11,18 +11,13 @@ Prints a table and writes JSON; timing with CUDA events, median of --iters.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
+from common import time_ms, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from causal_rcm.config import preset  # noqa: E402
-from causal_rcm.models import WanDiT, teacher_forcing  # noqa: E402
-from wan_forward import time_ms  # noqa: E402
+from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.models import WanDiT, teacher_forcing
 
 
 def main():
@@ -64,14 +59,9 @@ def main():
                              ratio=round(jvp_ms / fwd, 3), primal_rel_diff=agree,
                              tangent_finite=bool(torch.isfinite(v_dot).all())))
             print(rows[-1], flush=True)
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bf16", tokens=2 * T * 1560,
-                  rows=rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n{'pattern':8s} {'forward ms':>11s} {'fwd-mode ms':>12s} {'ratio':>6s}")
-    for r in rows:
-        print(f"{r['pattern']:8s} {r['forward_ms']:11.1f} {r['forward_jvp_ms']:12.1f} {r['ratio']:6.2f}")
-    print(f"wrote {args.out}")
+    write_result(args.out, rows, [("pattern", "pattern", 8, "s"), ("forward_ms", "forward ms", 11, ".1f"),
+                                  ("forward_jvp_ms", "fwd-mode ms", 12, ".1f"), ("ratio", "ratio", 6, ".2f")],
+                 dtype="bf16", tokens=2 * T * 1560)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
 import torch
+from common import time_ms, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from causal_rcm.config import preset  # noqa: E402
-from causal_rcm.models import ChunkPattern, WanDiT  # noqa: E402
-from causal_rcm.objectives import tf as obj  # noqa: E402
-from wan_forward import time_ms  # noqa: E402
+from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.models import ChunkPattern, WanDiT
+from causal_rcm.objectives import tf as obj
 
 SHAPES = {"blob-s": (3, 21, 32, 32), "wan2.1-1.3b": (16, 21, 60, 104)}
 
@@ -89,14 +84,9 @@ def main():
     dcm = next(r["ms"] for r in rows if r["method"] == "tf_dcm")
     for r in rows:
         r["vs_tf_dcm"] = round(r["ms"] / dcm, 3)
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, preset=args.preset, batch=B,
-                  pattern=args.pattern, rows=rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n{'method':12s} {'ms/iter':>9s} {'× TF-dCM':>9s}")
-    for r in rows:
-        print(f"{r['method']:12s} {r['ms']:9.2f} {r['vs_tf_dcm']:9.2f}")
-    print(f"wrote {args.out}")
+    write_result(args.out, rows, [("method", "method", 12, "s"), ("ms", "ms/iter", 9, ".2f"),
+                                  ("vs_tf_dcm", "× TF-dCM", 9, ".2f")],
+                 preset=args.preset, batch=B, pattern=args.pattern)
 
 
 if __name__ == "__main__":

@@ -13,32 +13,13 @@ Prints a table and writes JSON. Timing: CUDA events, median of --iters after --w
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-from pathlib import Path
 
 import torch
+from common import time_ms, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from causal_rcm.config import preset  # noqa: E402
-from causal_rcm.models import WanDiT  # noqa: E402
-
-
-def time_ms(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.models import WanDiT
 
 
 def main():
@@ -106,14 +87,9 @@ def main():
             bench("chunk-3", ref_name + " 3 frames", lambda: rm(x[:, :, 18:], 1000 * t, context, return_dict=False),
                   3 * N, 3 * N)
 
-    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, diffusers=diffusers.__version__,
-                  dtype="bf16", frames=T, latent_hw=[H, W], frame_tokens=N, output_rel_error=rel, rows=rows)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\n{'case':10s} {'model':36s} {'ms':>9s}")
-    for r in rows:
-        print(f"{r['case']:10s} {r['model']:36s} {r['ms']:9.2f}")
-    print(f"wrote {args.out}")
+    write_result(args.out, rows, [("case", "case", 10, "s"), ("model", "model", 36, "s"), ("ms", "ms", 9, ".2f")],
+                 diffusers=diffusers.__version__, dtype="bf16", frames=T, latent_hw=[H, W], frame_tokens=N,
+                 output_rel_error=rel)
 
 
 if __name__ == "__main__":

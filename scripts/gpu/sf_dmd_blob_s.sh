@@ -13,10 +13,7 @@ PRESET=${PRESET:-blob-s}
 TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
 INITS=${INITS:-teacher=$TEACHER tf_scm=assets/blob-s/tf_scm_c3-3.safetensors}
 mkdir -p "$OUT" "$RUN/pack"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-crm() { python -m causal_rcm.cli "$@"; }
-cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
-quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -4; }
+source scripts/gpu/common.sh
 
 names=()
 for item in $INITS; do

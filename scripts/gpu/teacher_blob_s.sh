@@ -8,13 +8,12 @@ set -euo pipefail
 OUT=${OUT:-out}
 RUN=${RUN:-/tmp/blob-s-teacher}
 mkdir -p "$OUT" "$RUN"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-crm() { python -m causal_rcm.cli "$@"; }
+source scripts/gpu/common.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 if ls .carry/teacher_run.tar.part-* >/dev/null 2>&1; then
   cat .carry/teacher_run.tar.part-* | tar -C "$RUN" -xf - && echo "resuming from $(cat "$RUN/checkpoints/latest")"
 fi
-crm train teacher --preset blob-s "$@" --out "$RUN" 2>&1 | tr '\r' '\n' | grep -v "it/s" | tail -30
+crm train teacher --preset blob-s "$@" --out "$RUN" 2>&1 | quiet 30
 crm export "$RUN/teacher.safetensors" --dtype bf16 --out "$OUT/teacher.safetensors"
 cp "$RUN/metrics.jsonl" "$OUT/teacher_metrics.jsonl"
 latest=$(cat "$RUN/checkpoints/latest")

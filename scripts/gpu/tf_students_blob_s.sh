@@ -17,10 +17,7 @@ PRESET=${PRESET:-blob-s}
 TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
 METHODS=${METHODS:-tf_dcm tf_scm tf_meanflow ode_init}
 mkdir -p "$OUT" "$RUN"
-export PYTHONPATH=src PYTHONUNBUFFERED=1
-crm() { python -m causal_rcm.cli "$@"; }
-cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
-quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -4; }
+source scripts/gpu/common.sh
 
 SYNTH=${SYNTH:-$RUN/synth}
 SYNTH_ODE=${SYNTH_ODE:-$RUN/synth_ode}
