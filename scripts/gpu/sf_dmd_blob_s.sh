@@ -5,10 +5,11 @@
 #   INITS="teacher=assets/blob-s/teacher.safetensors tf_scm=assets/blob-s/tf_scm_c3-3.safetensors" \
 #       OUT=out bash scripts/gpu/sf_dmd_blob_s.sh
 # Knobs: INITS (NAME=BUNDLE ...; default: the shipped teacher and TF-sCM student), SECONDS_EACH, PRESET,
-#   TEACHER (the real score), DMD_ARGS (extra overrides for every run), STEPS ("1,2"), EVAL_ARGS.
+#   TEACHER (the real score), DMD_ARGS (extra overrides for every run), STEPS ("1,2"), EVAL_ARGS, TAG (names
+#   of what comes back: TAG.tar.part-*, table_TAG.json/.md; "sf_dmd").
 set -euo pipefail
 OUT=${OUT:-out}
-RUN=${RUN:-/tmp/blob-s-sf}
+RUN=${RUN:-/tmp/blob-s-${TAG:-sf_dmd}}
 PRESET=${PRESET:-blob-s}
 TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
 INITS=${INITS:-teacher=$TEACHER tf_scm=assets/blob-s/tf_scm_c3-3.safetensors}
@@ -32,8 +33,9 @@ for item in $INITS; do
   quiet < "$RUN/$name.log" > "$RUN/pack/sf_dmd_from_$name.log"
   { grep -s "eval/" "$RUN/$name/metrics.jsonl" || true; } | tail -1 | cut -c1-300 | sed "s/^/$name: /"
 done
+# bundles and logs go to $OUT before the evaluation, so a call cut short during it still brings them back
+tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/${TAG:-sf_dmd}.tar.part-"
 # shellcheck disable=SC2086
 python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2}" ${EVAL_ARGS:-} \
-    --out "$RUN/pack/table_sf_dmd.json" 2>&1 | quiet
-cat "$RUN/pack/table_sf_dmd.md"
-tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/sf_dmd.tar.part-"
+    --out "$OUT/table_${TAG:-sf_dmd}.json" 2>&1 | quiet
+cat "$OUT/table_${TAG:-sf_dmd}.md"

@@ -21,18 +21,19 @@ source scripts/gpu/common.sh
 
 SYNTH=${SYNTH:-$RUN/synth}
 SYNTH_ODE=${SYNTH_ODE:-$RUN/synth_ode}
-# synth resumes a partial dataset and returns at once when it is complete
-crm synth --teacher "$TEACHER" --n "${N:-2048}" --seed 0 --batch 256 --out "$SYNTH" 2>&1 | quiet &
+# synth resumes a partial dataset and returns at once when it is complete; the causal teacher trains while
+# the ODE trajectories are drawn
+crm synth --teacher "$TEACHER" --n "${N:-2048}" --seed 0 --batch 256 --out "$SYNTH" 2>&1 | quiet
 if [[ " $METHODS " == *" ode_init "* ]]; then
   crm synth --teacher "$TEACHER" --n "${N_ODE:-1024}" --seed 1 --batch 256 --steps 48 \
       --ode-times 0.9994,0.9375,0.8333,0.625 --out "$SYNTH_ODE" 2>&1 | quiet &
 fi
-wait
 if [[ -z "${TF:-}" ]]; then
   crm train tf --preset "$PRESET" pattern="$P" data="$SYNTH" init="$TEACHER" train.eval_every=0 \
       train.time_limit="${TF_SECONDS:-150}" --out "$RUN/tf" 2>&1 | quiet
   TF="$RUN/tf/model.safetensors"
 fi
+wait
 for m in $METHODS; do
   if [[ $m == ode_init ]]; then args=(data="$SYNTH_ODE" init="$TF"); else args=(data="$SYNTH" init="$TF" teacher="$TF"); fi
   # shellcheck disable=SC2086
@@ -51,6 +52,9 @@ for m in $METHODS; do
 done
 [[ -f "$RUN/tf/model.safetensors" ]] && crm export "$RUN/tf/model.safetensors" --dtype bf16 \
     --out "$RUN/pack/tf_$P.safetensors" > /dev/null && cp_if "$RUN/tf/metrics.jsonl" "$RUN/pack/tf_$P.metrics.jsonl"
-python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2,4}" --teachers-at-steps ${EVAL_ARGS:-} --out "$RUN/pack/table_$P.json" 2>&1 | quiet
-cat "$RUN/pack/table_$P.md"
+# bundles and logs go to $OUT before the evaluation, so a call cut short during it still brings them back
 tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/tf_students_$P.tar.part-"
+# shellcheck disable=SC2086
+python scripts/eval_table.py "${bundles[@]}" --steps "${STEPS:-1,2,4}" --teachers-at-steps ${EVAL_ARGS:-} \
+    --out "$OUT/table_$P.json" 2>&1 | quiet
+cat "$OUT/table_$P.md"
