@@ -34,6 +34,7 @@ class TrainConfig:
     ema_sigma_rel: float = 0.05
     ckpt_every: int = 500
     eval_every: int = 1000
+    eval_first: bool = False  # also evaluate before the first step (the starting point of a curve)
     log_every: int = 25
     seed: int = 0
     precision: str = "bf16"  # autocast dtype on GPU; CPUs always run fp32
@@ -155,6 +156,14 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
     if start >= cfg.steps:
         return start
 
+    def run_eval(done: int) -> None:
+        scores = evaluate(done)
+        log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
+        tqdm.write(f"[{desc}] step {done}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
+
+    if evaluate is not None and cfg.eval_every > 0 and cfg.eval_first and start == 0:
+        run_eval(0)
     bad, sums, count = 0, {}, 0
     t0 = time.time()
     bar = progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc)
@@ -189,10 +198,7 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 save_training_state(run_dir, done, state, optimizers, extra)
             final = done == cfg.steps or out_of_time
             if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or final):
-                scores = evaluate(done)
-                log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
-                tqdm.write(f"[{desc}] step {done}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
+                run_eval(done)
             if out_of_time:
                 tqdm.write(f"[{desc}] time limit of {cfg.time_limit:.0f} s reached at step {done}; checkpoint saved")
                 return done
