@@ -20,8 +20,8 @@ names=()
 for item in $INITS; do
   name=${item%%=*}; init=${item#*=}; names+=("$name")
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} crm train sf_dmd --preset "$PRESET" init="$init" teacher="$TEACHER" train.time_limit="${SECONDS_EACH:-420}" \
-      ${DMD_ARGS:-} --out "$RUN/$name" > "$RUN/$name.log" 2>&1 &
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} crm train sf_dmd --preset "$PRESET" init="$init" teacher="$TEACHER" \
+      train.time_limit="${SECONDS_EACH:-420}" ${DMD_ARGS:-} --out "$RUN/$name" > "$RUN/$name.log" 2>&1 &
 done
 wait
 bundles=()
