@@ -57,7 +57,7 @@ def main():
             print(rows[-1], flush=True)
     write_result(args.out, rows, [("pattern", "pattern", 8, "s"), ("backprop", "backprop", 9, "s"),
                                   ("s_per_step", "s/step", 8, ".3f"), ("peak_gib", "peak GiB", 9, ".2f")],
-                 preset="blob-s", batch=args.batch, critic_ratio=resolve("blob-s", []).critic_ratio,
+                 preset="blob-s", batch=args.batch, critic_ratio=cfg.critic_ratio,
                  steps=args.steps, warmup=args.warmup)
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [("prompt_accuracy", "↑"), ("motion_error", "↓"), ("artifact_rate", "↓"), ("size_stability", "↓"),
            ("position_entropy", "↑"), ("direction_entropy", "↑")]
-TF = "results/tf_convergence_c3-3"
-SF = "results/sf_dmd_blob_s"
+TF = ROOT / "results/tf_convergence_c3-3"
+SF = ROOT / "results/sf_dmd_blob_s"
 FIGURES = {
-    "docs/results/tf_convergence_c3-3.png": (
+    ROOT / "docs/results/tf_convergence_c3-3.png": (
         "TF-dCM vs TF-sCM (c3-3, 2 steps; batch 64, lr 5e-5 after 200 warm-up iterations)",
         [f"TF-dCM={TF}/tf_dcm_200it.jsonl,{TF}/tf_dcm_600it.jsonl",
          f"TF-sCM={TF}/tf_scm_200it.jsonl,{TF}/tf_scm_600it.jsonl"], True),
-    "docs/results/sf_dmd_curves.png": (
+    ROOT / "docs/results/sf_dmd_curves.png": (
         "SF-DMD (2 steps; generator steps, batch 32, critic ratio 5)",
         [f"c3-3 from TF-sCM (shipped)={SF}/shipped_c3-3_from_tf_scm.jsonl",
          f"c1-1 from TF-sCM={SF}/c1-1_from_tf_scm.jsonl",
@@ -37,7 +37,7 @@ def load(paths: list[str]) -> dict[int, dict]:
     """step -> {metric: value} over the eval/ records of the logs (first log wins on a shared step)."""
     out: dict[int, dict] = {}
     for p in paths:
-        for line in (ROOT / p).read_text().splitlines():
+        for line in Path(p).read_text().splitlines():
             rec = json.loads(line)
             ev = {k[5:]: v for k, v in rec.items() if k.startswith("eval/")}
             if ev and rec["step"] not in out:
@@ -103,7 +103,7 @@ def main():
         if compare:  # the docs' SF-DMD runs differ in chunk pattern: their bests are not comparable
             print(f"== {title}")
             report(curves)
-        plot(curves, title, ROOT / out if not Path(out).is_absolute() else Path(out))
+        plot(curves, title, Path(out))
 
 
 if __name__ == "__main__":

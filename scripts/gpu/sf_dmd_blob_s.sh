@@ -16,9 +16,8 @@ INITS=${INITS:-teacher=$TEACHER tf_scm=assets/blob-s/tf_scm_c3-3.safetensors}
 mkdir -p "$OUT" "$RUN/pack"
 source scripts/gpu/common.sh
 
-names=()
 for item in $INITS; do
-  name=${item%%=*}; init=${item#*=}; names+=("$name")
+  name=${item%%=*}; init=${item#*=}
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} crm train sf_dmd --preset "$PRESET" init="$init" teacher="$TEACHER" \
       train.time_limit="${SECONDS_EACH:-420}" ${DMD_ARGS:-} --out "$RUN/$name" > "$RUN/$name.log" 2>&1 &
