@@ -33,7 +33,7 @@ from triton.testing import do_bench
 
 from causal_rcm.kernels import attention_ref
 from causal_rcm.kernels.flash_attn_jvp import KernelConfig, Tiles, default_config, flash_attention_jvp
-from causal_rcm.models.masks import teacher_forcing
+from causal_rcm.masks import teacher_forcing
 
 H, D, T, N = 12, 128, 21, 1560
 HALF = T * N  # 32,760 tokens: one copy of the video

@@ -1,9 +1,10 @@
 """Wall time of one training iteration of each teacher-forcing objective on the same GPU (issue 5: TF-sCM
 must stay within 1.5× TF-dCM).
 
-An iteration is what the stage does per step: the frozen causal teacher's CFG velocity, the objective's
-extra passes (dCM: the online student at t1; sCM: the forward-mode pass; MeanFlow: the forward-mode pass
-with r), the student's forward + backward, and the optimiser step. Random weights, bf16 autocast.
+An iteration is what the stage does per step, through the same method recipes (``objectives/tf_methods``):
+the frozen causal teacher's CFG velocity, the objective's extra passes (dCM: the online student at t1; sCM:
+the forward-mode pass; MeanFlow: the forward-mode pass with r), the student's forward + backward, and the
+optimiser step. Random weights, bf16 autocast.
 
     python benchmarks/tf_iteration.py --preset blob-s --batch 64 --out results/tf_iteration.json
 
@@ -21,6 +22,8 @@ from common import time_ms, write_result
 from causal_rcm.config import preset  # (common puts src on the path)
 from causal_rcm.models import ChunkPattern, WanDiT
 from causal_rcm.objectives import tf as obj
+from causal_rcm.objectives.tf_methods import METHODS, Nets, Objective, StepInfo
+from causal_rcm.seeding import SampleRandom
 
 SHAPES = {"blob-s": (3, 21, 32, 32), "wan2.1-1.3b": (16, 21, 60, 104)}
 
@@ -49,34 +52,26 @@ def main():
         with torch.no_grad():
             m.head.head.weight.normal_(std=0.02)
     B = args.batch
-    x0 = torch.randn(B, C, T, H, W, device=dev)
-    eps = torch.randn_like(x0)
-    ctx = torch.randn(B, 16, cfg.text_dim, device=dev)
-    ctx_u = torch.zeros_like(ctx)
-
-    fns = obj.net_fns
-    t_fn, _ = fns(teacher)
-    cases = {
-        "tf": (student, lambda v, j: obj.tf_loss(v, x0, eps, torch.rand(B, device=dev), ctx, pattern)),
-        "tf_dcm": (student, lambda v, j: obj.tf_dcm_loss(v, t_fn, x0, eps, torch.rand(B, device=dev) * 0.97, ctx,
-                                                         ctx_u, pattern)),
-        "tf_scm": (student, lambda v, j: obj.tf_scm_loss(v, j, t_fn, x0, eps, torch.rand(B, device=dev), ctx,
-                                                         ctx_u, pattern, warmup_r=1.0)),
-        "tf_meanflow": (mf_student, lambda v, j: obj.tf_meanflow_loss(
-            v, j, t_fn, x0, eps, torch.full((B,), 0.8, device=dev), torch.full((B,), 0.3, device=dev), ctx,
-            ctx_u, pattern)),
-    }
+    batch = obj.Batch(x0=torch.randn(B, C, T, H, W, device=dev), eps=torch.randn(B, C, T, H, W, device=dev),
+                      ctx=torch.randn(B, 16, cfg.text_dim, device=dev), ctx_u=torch.zeros(B, 16, cfg.text_dim, device=dev))
+    t_fn, _ = obj.net_fns(teacher)
     rows = []
-    for name, (net, loss_of) in cases.items():
-        v_fn, jvp_fn = fns(net)
+    for name in ("tf", "tf_dcm", "tf_scm", "tf_meanflow"):
+        m = METHODS[name]
+        net = mf_student if m.dual_time else student
+        v_fn, jvp_fn = obj.net_fns(net)
+        nets = Nets(v_fn, jvp_fn, t_fn)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
+        step = [0]
 
         def iteration():
+            rng = SampleRandom(0, 1, step[0], range(B), dev)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss, _ = loss_of(v_fn, jvp_fn)
+                loss, _ = m.loss(nets, batch, rng, Objective(), pattern, StepInfo(step[0], 1000))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            step[0] += 1
 
         ms = time_ms(iteration, args.warmup, args.iters)
         rows.append(dict(method=name, ms=round(ms, 2)))

@@ -19,9 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from causal_rcm.eval.report import metrics_table  # noqa: E402
-from causal_rcm.generate import Generator  # noqa: E402
 from causal_rcm.stages.common import EvalConfig  # noqa: E402
 from causal_rcm.stages.report import score_bundle, score_data  # noqa: E402
+from causal_rcm.stream.bundle import Bundle  # noqa: E402
+from causal_rcm.stream.sampling import with_overrides  # noqa: E402
+from causal_rcm.worlds.registry import make_world  # noqa: E402
 
 
 def main():
@@ -43,23 +45,25 @@ def main():
         if "=" not in item:
             sys.exit(f"give bundles as NAME=PATH, got {item!r}")
         name, path = item.split("=", 1)
-        gen = Generator.load(path, device=args.device)
-        world = world or gen.world
-        if gen.method != "few_step":
-            rows.append((name, score_bundle(name, gen, ev)))
-            if not (args.teachers_at_steps and gen.method == "causal_euler"):
+        b = Bundle.load(path, device=args.device)
+        world = world or b.world
+        method = b.sampling.method
+        if method != "few_step":
+            rows.append((name, score_bundle(name, b, ev)))
+            if not (args.teachers_at_steps and method == "causal_euler"):
                 continue
         for k in (int(s) for s in args.steps.split(",")):
             first = k if args.first == "same" else int(args.first)
-            kind = " Euler" if gen.method == "causal_euler" else ""
-            label = f"{name}, {k}{kind} step{'s' if k > 1 else ''} ({gen.sampling['pattern']}, first chunk {first})"
-            rows.append((label, score_bundle(label, gen, ev, steps=k, steps_first=first)))
+            kind = " Euler" if method == "causal_euler" else ""
+            label = f"{name}, {k}{kind} step{'s' if k > 1 else ''} ({b.sampling.pattern}, first chunk {first})"
+            rows.append((label, score_bundle(label, b, ev, sampling=with_overrides(b.sampling, steps=k,
+                                                                                  steps_first=first))))
     data = score_data(world, ev)
     table = [{"name": data.name, **data.metrics}] + [
         {"name": name, **s.metrics, **(s.latency or {})} for name, s in rows]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(table, indent=2, default=float))
-    md = metrics_table(table, extra_cols=("ms/frame", "first frame ms"))
+    md = metrics_table(table, make_world(world).higher_is_better, extra_cols=("ms/frame", "first frame ms"))
     Path(args.out).with_suffix(".md").write_text(md + "\n")
     print(md)
 

@@ -10,13 +10,13 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from causal_rcm.config import WanConfig  # noqa: E402
+from causal_rcm.config import preset  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 # The tiny configuration every model test uses: 2 heads of 12 channels (RoPE split 4/4/4), 2 layers.
-TINY = WanConfig(in_dim=4, out_dim=4, dim=24, ffn_dim=48, freq_dim=16, text_dim=16, num_heads=2, num_layers=2)
+TINY = preset("tiny")
 
 
 def randomize_(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:

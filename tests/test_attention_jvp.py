@@ -10,7 +10,7 @@ import torch
 
 from causal_rcm.kernels import attention_jvp, attention_math, attention_ref
 from causal_rcm.kernels.flash_attn_jvp import KernelConfig, Tiles, flash_attention_jvp
-from causal_rcm.models.masks import block_causal, teacher_forcing
+from causal_rcm.masks import block_causal, teacher_forcing
 
 D = 16
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

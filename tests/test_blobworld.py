@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from causal_rcm.data import blobworld as bw
-from causal_rcm.data import (AGENT_PROMPTS, T2V_PROMPTS, from_model, load_samples, prompt_colours, render,
-                             sample_worlds, save_samples, to_model)
+from causal_rcm.stream.codec import to_uint8 as from_model
+from causal_rcm.stream.codec import to_unit as to_model
+from causal_rcm.worlds import blobworld as bw
+from causal_rcm.worlds.blobworld import AGENT_PROMPTS, T2V_PROMPTS, prompt_colours, render, sample_worlds
+from causal_rcm.worlds.samples import load_samples, save_samples
 
 VARIANTS = ("t2v", "agent")
 

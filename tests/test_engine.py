@@ -3,20 +3,23 @@ import pytest
 import torch
 
 from causal_rcm.flow import euler_times
+from causal_rcm.kv_policy import KVPolicy
 from causal_rcm.models import ChunkPattern, block_causal
-from causal_rcm.stream.engine import EulerCFG, FewStep, Noise, few_step_times, stream
+from causal_rcm.stream.engine import CTX_NOISE_TAG, Engine, Noise, stream
+from causal_rcm.stream.sampling import EulerCFG, FewStep, few_step_times
 
-from .conftest import TINY, randomize_
+from .conftest import TINY
 
 SHAPE = (TINY.in_dim, 5, 6, 10)  # 5 frames of 15 tokens
 
 
-def reference(net, ctx, ctx_u, noise, pattern, how):
-    """No cache: every call is a block-causal forward over [finished blocks | current block]."""
-    pattern = ChunkPattern.parse(pattern)
-    C, T, H, W = SHAPE
-    mask = block_causal(pattern)
-    prefix, t_prefix = [], []  # what the cache would hold: frames and their times
+def reference(net, ctx, ctx_u, noise, how, T=SHAPE[1], policy=KVPolicy()):
+    """No cache: every call is a block-causal forward over [finished blocks | current block], the finished
+    blocks at the times their context was written (0, or t_ctx for noisy context)."""
+    pattern = ChunkPattern.parse(how.pattern)
+    C, _, H, W = SHAPE
+    mask = block_causal(pattern, policy.window, policy.sink)
+    prefix, t_prefix = [], []
     out = []
     guided = isinstance(how, EulerCFG)
     for b, (s, e) in enumerate(pattern.blocks(T)):
@@ -33,51 +36,94 @@ def reference(net, ctx, ctx_u, noise, pattern, how):
             return net(xs, ts, ctx, mask=mask)[:, :, s:e]
 
         if guided:
-            n = how.steps if (b or how.steps_first is None) else how.steps_first
-            grid = euler_times(n, how.shift)
-            for k in range(n):
+            grid = euler_times(how.steps_for(b), how.shift)
+            for k in range(len(grid) - 1):
                 x = x + (grid[k + 1] - grid[k]) * v_of(x, grid[k])
             prefix.append(x)
             t_prefix.append(torch.zeros(B, e - s))
         else:
-            times = few_step_times(how.steps_for(b), how.t0)
+            times = how.times_for(b)
             x = times[0] * x
             for k in range(len(times) - 1):
                 x_in = x
                 x0 = x - times[k] * v_of(x, times[k])
                 if k < len(times) - 2:
                     x = (1 - times[k + 1]) * x0 + times[k + 1] * noise.draw((b, k + 1), tuple(x.shape[1:]))
-            if how.context == "clean":
+            if not how.noisy_write(b):
                 prefix.append(x0)
                 t_prefix.append(torch.zeros(B, e - s))
-            else:
+            elif times[-2] == how.t_ctx:  # the last step's input sits at t_ctx: its K/V are the context
                 prefix.append(x_in)
-                t_prefix.append(torch.full((B, e - s), float(times[-2])))
+                t_prefix.append(torch.full((B, e - s), how.t_ctx))
+            else:  # x̂0 re-noised to t_ctx
+                eps = noise.draw((b, CTX_NOISE_TAG), tuple(x0.shape[1:]))
+                prefix.append((1 - how.t_ctx) * x0 + how.t_ctx * eps)
+                t_prefix.append(torch.full((B, e - s), how.t_ctx))
             x = x0
         out.append(x)
     return torch.cat(out, 2)
 
 
+def run(net, ctx, ctx_u, how, ids=(0, 1), T=SHAPE[1], policy=KVPolicy()):
+    C, _, H, W = SHAPE
+    engine = Engine(net, how, (C, H, W), policy=policy, max_frames=None if policy.window else T)
+    state = engine.start(ctx, ctx_u, Noise(7, list(ids), "cpu"))
+    return stream(engine, state, T), state
+
+
 @pytest.mark.parametrize("pattern", ["c1-1", "c1-4"])
-@pytest.mark.parametrize("how", [FewStep(4, 2), FewStep(3, 1, context="noisy"), EulerCFG(steps=3, cfg=2.0),
-                                 EulerCFG(steps=2, cfg=2.0, steps_first=4)])
+@pytest.mark.parametrize("how", [dict(cls=FewStep, steps_first=4, steps=2),
+                                 dict(cls=FewStep, steps_first=3, steps=1, context="noisy"),
+                                 dict(cls=FewStep, steps_first=2, steps=2, context="noisy"),
+                                 dict(cls=EulerCFG, steps=3, cfg=2.0),
+                                 dict(cls=EulerCFG, steps=2, cfg=2.0, steps_first=4)])
 def test_stream_equals_full_sequence_algorithm(tiny_model, pattern, how):
+    how = dict(how)
+    how = how.pop("cls")(pattern=pattern, **how)
     g = torch.Generator().manual_seed(0)
     ctx, ctx_u = torch.randn(2, 5, TINY.text_dim, generator=g), torch.zeros(2, 5, TINY.text_dim)
     with torch.no_grad():
-        video, seconds = stream(tiny_model, ctx, ctx_u, Noise(7, [0, 1], "cpu"), SHAPE, pattern, how)
-        ref = reference(tiny_model, ctx, ctx_u, Noise(7, [0, 1], "cpu"), pattern, how)
+        video, state = run(tiny_model, ctx, ctx_u, how)
+        ref = reference(tiny_model, ctx, ctx_u, Noise(7, [0, 1], "cpu"), how)
     assert video.shape == (2, *SHAPE)
-    assert len(seconds) == ChunkPattern.parse(pattern).num_blocks(SHAPE[1])
+    assert len(state.seconds) == ChunkPattern.parse(pattern).num_blocks(SHAPE[1])
     assert (video - ref).abs().max() <= 1e-5
+
+
+def test_endless_window_stream_equals_masked_algorithm(tiny_model):
+    """A windowed stream needs no length: 13 frames through a cache that holds 3 blocks of 1 frame."""
+    how = FewStep("c1-1", 1, 1)
+    ctx = torch.randn(1, 5, TINY.text_dim)
+    with torch.no_grad():
+        video, state = run(tiny_model, ctx, None, how, ids=(0,), T=13, policy=KVPolicy(2, 1))
+        ref = reference(tiny_model, ctx, None, Noise(7, [0], "cpu"), how, T=13, policy=KVPolicy(2, 1))
+    assert state.cache.cached_frames <= 3 and state.frame == 13
+    assert (video - ref).abs().max() <= 1e-5
+
+
+def test_noisy_context_times_match_training():
+    """The context a noisy-context student writes sits at the t_ctx training used, from the same block on:
+    2-step chunks sample with mids (t_ctx,), so the last step's input is the context (METHOD.md §4)."""
+    from causal_rcm.objectives.tf import NoisyContext
+    from causal_rcm.stages.tf import TFConfig, bundle_sampling
+
+    cfg = TFConfig(method="tf_scm")
+    cfg = cfg.__class__(**{**cfg.__dict__, "objective": cfg.objective.__class__(noisy_context=True)})
+    sp = bundle_sampling(cfg)
+    nc = NoisyContext(cfg.objective.nc_start, cfg.objective.t_ctx)
+    assert (sp.t_ctx, sp.ctx_start) == (nc.t_ctx, nc.start)
+    assert not sp.noisy_write(0) and sp.noisy_write(1)
+    assert sp.times_for(1)[-2] == nc.t_ctx and sp.times_for(0)[-2] == nc.t_ctx
+    assert FewStep(context="clean").times_for(1)[1] == pytest.approx(5 / 6)
 
 
 def test_samples_regenerate_alone(tiny_model):
     """Sample i depends on (seed, i) only: generating it alone gives the same video."""
     ctx = torch.randn(3, 5, TINY.text_dim)
+    how = FewStep("c1-4", 2, 1)
     with torch.no_grad():
-        batch, _ = stream(tiny_model, ctx, None, Noise(3, [10, 11, 12], "cpu"), SHAPE, "c1-4", FewStep(2, 1))
-        alone, _ = stream(tiny_model, ctx[1:2], None, Noise(3, [11], "cpu"), SHAPE, "c1-4", FewStep(2, 1))
+        batch, _ = run(tiny_model, ctx, None, how, ids=(10, 11, 12))
+        alone, _ = run(tiny_model, ctx[1:2], None, how, ids=(11,))
     assert (batch[1:2] - alone).abs().max() <= 1e-5
 
 
@@ -85,30 +131,7 @@ def test_step_counts_are_checked():
     assert few_step_times(2)[1] == pytest.approx(5 / 6)
     with pytest.raises(ValueError, match="1 to 4"):
         few_step_times(5)
-
-
-def test_generator_first_chunk_steps_for_causal_teachers_only():
-    """A causal teacher bundle takes steps_first (its first block on its own Euler grid); a bidirectional
-    teacher refuses it with a clear error instead of ignoring it."""
-    import dataclasses
-
-    from causal_rcm.config import preset
-    from causal_rcm.generate import Generator
-    from causal_rcm.models import WanDiT
-    from causal_rcm.models.conditioning import WorldTextEncoder
-    from causal_rcm.stages.common import WorldConfig
-
-    world = WorldConfig(size=16, frames=5)
-    text = WorldTextEncoder.for_prompts(list(world.prompts()), dim=16, num_layers=1, num_heads=2)
-    net = randomize_(WanDiT(dataclasses.replace(preset("blob-tiny"), text_dim=16)))
-    sampling = dict(method="causal_euler", pattern="c1-4", steps=2, cfg=2.0, shift=3.0)
-    causal = Generator.from_modules(net, text, world, sampling)
-    prompt = [world.prompts()[0]]
-    a = causal.sample(prompt, seed=0, steps=2, steps_first=3, show_progress=False)
-    b = causal.sample(prompt, seed=0, steps=3, show_progress=False)
-    c = causal.sample(prompt, seed=0, steps=2, show_progress=False)
-    assert (a[:, :1] == b[:, :1]).all()      # first block: 3 steps in both
-    assert not (a[:, :1] == c[:, :1]).all()  # ... not the 2 of the plain grid
-    bidir = Generator.from_modules(net, text, world, dict(method="euler", steps=2, cfg=2.0, shift=3.0))
-    with pytest.raises(ValueError, match="bidirectional"):
-        bidir.sample(prompt, seed=0, steps_first=3, show_progress=False)
+    with pytest.raises(ValueError, match="steps must be an integer 1..4"):
+        FewStep(steps=5)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        EulerCFG(steps=0)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from causal_rcm.models.masks import ChunkPattern, block_causal, teacher_forcing
+from causal_rcm.masks import ChunkPattern, block_causal, teacher_forcing
 
 
 def blocks_by_hand(first, chunk, T):

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from causal_rcm.data import render, sample_worlds
-from causal_rcm.eval import AGENT_METRICS, T2V_METRICS, evaluate
+from causal_rcm.worlds.blobworld import render, sample_worlds
+from causal_rcm.worlds.blobworld_metrics import AGENT_METRICS, T2V_METRICS, evaluate
 
 # ---------------------------------------------------------------------------------------------------------
 # Reference: §4 read literally, one pixel, ball and frame at a time (interpretations as in metrics.py).

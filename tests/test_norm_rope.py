@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from causal_rcm.models.wan import RMSNorm, apply_rope, rope_freqs, rope_tables
+from causal_rcm.models.layers import RMSNorm, apply_rope, rope_freqs, rope_tables
 
 triton = pytest.importorskip("triton")
 

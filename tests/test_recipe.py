@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from causal_rcm.cli import main
-from causal_rcm.generate import Generator
+from causal_rcm.stream.bundle import Bundle
+from causal_rcm.stream.sample import sample_videos
 
 RECIPE = """
 name: smoke
@@ -43,13 +44,13 @@ def test_recipe_end_to_end(tmp_path):
     for name in ("teacher", "tf", "tf_scm", "tf_meanflow", "tf_dcm", "df", "ode_init", "sf_dmd", "sf_dmd_joint",
                  "data (rendered)"):
         assert f"| {name} |" in report
-    student = Generator.load(out / "tf_scm" / "model.safetensors")
-    assert student.sampling["method"] == "few_step" and student.sampling["context"] == "noisy"
-    assert Generator.load(out / "tf_meanflow" / "model.safetensors").net.cfg.dual_time
+    student = Bundle.load(out / "tf_scm" / "model.safetensors")
+    assert student.sampling.method == "few_step" and student.sampling.context == "noisy"
+    assert Bundle.load(out / "tf_meanflow" / "model.safetensors").net.cfg.dual_time
     dmd = json.loads((out / "sf_dmd" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(k in dmd for k in ("critic_loss", "dmd_grad_norm", "loss"))
     assert "joint_scm_loss" in (out / "sf_dmd_joint" / "metrics.jsonl").read_text()
-    videos = student.sample(["a red ball"] * 2, seed=0, show_progress=False)
+    videos = sample_videos(student, ["a red ball"] * 2, seed=0, show_progress=False)
     assert videos.shape == (2, 9, 16, 16, 3) and videos.dtype == np.uint8
     config = json.loads((out / "tf_scm" / "config.json").read_text())
     assert config["method"] == "tf_scm" and Path(config["teacher"]).name == "model.safetensors"
@@ -72,7 +73,7 @@ def test_teacher_continues_from_a_bundle(tmp_path):
                  "--out", str(first)]) == 0
     assert main(["train", "teacher", "--preset", "blob-tiny", "train.steps=1", "train.batch=2", "train.lr=0",
                  f"init={first / 'teacher.safetensors'}", "--out", str(second)]) == 0
-    a, b = (Generator.load(p / "teacher.safetensors").net.state_dict() for p in (first, second))
+    a, b = (Bundle.load(p / "teacher.safetensors").net.state_dict() for p in (first, second))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert main(["train", "teacher", "--preset", "blob-s", "train.steps=1",
                  f"init={first / 'teacher.safetensors'}", "--out", str(tmp_path / "c")]) == 2

@@ -4,8 +4,9 @@ import torch
 
 from causal_rcm.models import WanDiT
 from causal_rcm.objectives.dmd import critic_loss, dmd_loss, dmd_target
-from causal_rcm.stream.engine import FewStep, Noise, stream
-from causal_rcm.stream.rollout import exit_steps, replay_blocks, rollout
+from causal_rcm.objectives.self_forcing import exit_steps, replay_blocks, rollout
+from causal_rcm.stream.engine import Engine, Noise, stream
+from causal_rcm.stream.sampling import FewStep
 
 from .conftest import TINY, randomize_
 
@@ -26,16 +27,16 @@ def grads(model):
 @pytest.mark.parametrize("iteration", [0, 1, 3])
 @pytest.mark.parametrize("context", ["clean", "noisy"])
 def test_replayed_backprop_equals_plain(model64, iteration, context):
-    how = FewStep(4, 2, context=context)
+    how = FewStep(PATTERN, 4, 2, context=context)
     ctx = torch.randn(2, 5, TINY.text_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     target = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     model64.zero_grad()
-    ro = rollout(model64, ctx, Noise(5, [0, 1], "cpu", torch.float64), SHAPE, PATTERN, how, iteration)
+    ro = rollout(model64, ctx, Noise(5, [0, 1], "cpu", torch.float64), SHAPE, how, iteration)
     dmd_loss(ro.video, target).backward()
     plain = grads(model64)
     model64.zero_grad()
     with torch.no_grad():
-        ro2 = rollout(model64, ctx, Noise(5, [0, 1], "cpu", torch.float64), SHAPE, PATTERN, how, iteration,
+        ro2 = rollout(model64, ctx, Noise(5, [0, 1], "cpu", torch.float64), SHAPE, how, iteration,
                       replay=True)
     assert torch.equal(ro2.video, ro.video.detach())
     total = replay_blocks(model64, ctx, ro2, PATTERN, target,
@@ -48,18 +49,19 @@ def test_replayed_backprop_equals_plain(model64, iteration, context):
 
 def test_full_exit_rollout_is_inference(model64):
     """With the exit step at its maximum the rollout is exactly the streaming sampler."""
-    how = FewStep(4, 2)
+    how = FewStep(PATTERN, 4, 2)
     ctx = torch.randn(2, 5, TINY.text_dim, dtype=torch.float64)
+    C, T, H, W = SHAPE
     with torch.no_grad():
-        ro = rollout(model64, ctx, Noise(9, [3, 4], "cpu", torch.float64), SHAPE, PATTERN, how, iteration=3,
-                     replay=True)
-        video, _ = stream(model64, ctx, None, Noise(9, [3, 4], "cpu", torch.float64), SHAPE, PATTERN, how)
+        ro = rollout(model64, ctx, Noise(9, [3, 4], "cpu", torch.float64), SHAPE, how, iteration=3, replay=True)
+        engine = Engine(model64, how, (C, H, W), max_frames=T)
+        video = stream(engine, engine.start(ctx, None, Noise(9, [3, 4], "cpu", torch.float64)), T)
     assert ro.steps == [4, 2, 2]
     assert (ro.video - video).abs().max() <= 1e-12
 
 
 def test_exit_steps_cycle():
-    how = FewStep(4, 2)
+    how = FewStep(PATTERN, 4, 2)
     assert [exit_steps(i, how, 3) for i in range(5)] == [[1, 1, 1], [2, 2, 2], [3, 2, 2], [4, 2, 2], [1, 1, 1]]
 
 
@@ -70,7 +72,7 @@ def test_dmd_target_and_critic():
     eps, t = torch.randn(2, *SHAPE), torch.tensor([0.3, 0.8])
     ctx = torch.randn(2, 5, TINY.text_dim)
 
-    def fn(x, tt, c):
+    def fn(x, tt, c, actions=None):
         return real(x, tt, c)
 
     # fake == real and no guidance: the DMD gradient vanishes, the target is G itself
@@ -83,7 +85,7 @@ def test_dmd_target_and_critic():
     opt = torch.optim.Adam(critic.parameters(), lr=2e-3)
     values = []
     for _ in range(6):
-        loss, _ = critic_loss(lambda x, tt, c: critic(x, tt, c), G, t, eps, ctx)
+        loss, _ = critic_loss(lambda x, tt, c, actions=None: critic(x, tt, c), G, t, eps, ctx)
         values.append(loss.item())
         opt.zero_grad()
         loss.backward()

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from causal_rcm.kv_policy import KVPolicy
 from causal_rcm.models import ChunkPattern, block_causal, teacher_forcing
 
 from .conftest import TINY
@@ -22,7 +23,7 @@ def test_streaming_equals_block_causal(tiny_model, pattern, T):
     p = ChunkPattern.parse(pattern)
     with torch.no_grad():
         full = tiny_model(x, t, c, mask=block_causal(p))
-        cache = tiny_model.new_cache(T, N, pattern=p)
+        cache = tiny_model.new_cache(N, p, max_frames=T)
         for s, e in p.blocks(T):
             # a read-only call on other inputs must neither change the cache nor see itself cached
             tiny_model(torch.randn_like(x[:, :, s:e]), t[:, s:e], c, cache=cache)
@@ -38,11 +39,14 @@ def test_rolling_window_equals_masked_forward(tiny_model, pattern, T, window, si
     p = ChunkPattern.parse(pattern)
     with torch.no_grad():
         full = tiny_model(x, t, c, mask=block_causal(p, window=window, sink=sink))
-        cache = tiny_model.new_cache(T, N, pattern=p, window=window, sink=sink)
+        # no length given: a windowed cache serves an endless stream
+        cache = tiny_model.new_cache(N, p, KVPolicy(window, sink))
         for s, e in p.blocks(T):
             out = tiny_model(x[:, :, s:e], t[:, s:e], c, cache=cache, update_cache=True)
             assert (out - full[:, :, s:e]).abs().max() <= 1e-5, (s, e)
+            assert cache.next_frame == e  # RoPE positions keep growing while old blocks roll out
     assert cache.capacity < T * N  # the window really bounds memory
+    assert cache.cached_frames <= (window + sink) * max(p.first, p.chunk)
 
 
 @pytest.mark.parametrize("pattern,T", [("c1-1", 4), ("c3-3", 9), ("c1-4", 9)])
@@ -70,20 +74,24 @@ def test_teacher_forcing_noisy_chunk_equals_block_causal_prefix(tiny_model, patt
 
 def test_cache_errors(tiny_model):
     x, t, c = inputs(5)
-    cache = tiny_model.new_cache(5, N, pattern="c1-4")
+    cache = tiny_model.new_cache(N, "c1-4", max_frames=5)
     with pytest.raises(ValueError, match="expects block 0"):
         tiny_model(x[:, :, :2], t[:, :2], c, cache=cache)
     with pytest.raises(ValueError, match="either a mask"):
         tiny_model(x, t, c, mask=block_causal("c1-4"), cache=cache)
-    with pytest.raises(ValueError, match="rolling window"):
-        tiny_model.new_cache(5, N, window=2)
+    with pytest.raises(ValueError, match="endless stream needs a window"):
+        tiny_model.new_cache(N, "c1-4")
+    with pytest.raises(ValueError, match="sized for 5 frames"):
+        for s, e in ChunkPattern.parse("c1-4").blocks(9):
+            tiny_model(torch.randn(2, TINY.in_dim, e - s, H, W), t[:, :1].expand(-1, e - s), c, cache=cache,
+                       update_cache=True)
 
 
 def test_gradient_flows_through_current_block_only(tiny_model):
     """With grad enabled the current block's K/V stay in the graph; the cached prefix is a constant."""
     x, t, c = inputs(5)
     p = ChunkPattern.parse("c1-4")
-    cache = tiny_model.new_cache(5, N, pattern=p)
+    cache = tiny_model.new_cache(N, p, max_frames=5)
     with torch.no_grad():
         tiny_model(x[:, :, :1], t[:, :1], c, cache=cache, update_cache=True)
     x1 = x[:, :, 1:5].clone().requires_grad_(True)

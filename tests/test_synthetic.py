@@ -1,5 +1,4 @@
 """Synthetic dataset (data/synthetic.py, stages/synth.py) and euler_sample's ODE snapshots (flow.py)."""
-import argparse
 import hashlib
 import io
 import json
@@ -10,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from causal_rcm.cli import main
 from causal_rcm.config import preset
-from causal_rcm.data.blobworld import from_model
-from causal_rcm.data.synthetic import (SyntheticDataWarning, read_synthetic, teacher_samples, world_prompt_order,
-                                       write_synthetic)
+from causal_rcm.data.synthetic import SyntheticDataWarning, read_synthetic
 from causal_rcm.flow import euler_sample, euler_times
-from causal_rcm.generate import Generator, sample_noise
+from causal_rcm.io import save_bundle
 from causal_rcm.models.conditioning import WorldTextEncoder
 from causal_rcm.models.wan import WanDiT
-from causal_rcm.stages.common import WorldConfig
-from causal_rcm.stages.synth import ODE_INIT_TIMES, SynthConfig, add_synth_parser, run_synth
-from causal_rcm.train.checkpoint import save_bundle
+from causal_rcm.stages.synth import ODE_INIT_TIMES, SynthConfig, run_synth, teacher_samples, world_prompt_order
+from causal_rcm.stream.bundle import Bundle
+from causal_rcm.stream.codec import to_uint8 as from_model
+from causal_rcm.stream.sample import sample_noise, sample_videos
+from causal_rcm.stream.sampling import Euler, with_overrides
+from causal_rcm.worlds.base import WorldConfig
+from causal_rcm.worlds.registry import make_world
 
 from .conftest import randomize_
 
@@ -34,7 +36,8 @@ def bundle(tmp_path_factory):
     torch.manual_seed(0)
     world = WorldConfig(size=16, frames=9)
     net = randomize_(WanDiT(preset("blob-tiny")), std=0.05)
-    te = WorldTextEncoder.for_prompts(list(world.prompts()) + ["no ball"], dim=32, num_layers=1, num_heads=2)
+    te = WorldTextEncoder.for_prompts(list(make_world(world).prompts()) + ["no ball"], dim=32, num_layers=1,
+                                      num_heads=2)
     config = dict(kind="teacher", model=net.cfg.to_dict(), text_encoder=te.cfg.to_dict(), world=asdict(world),
                   sampling={"method": "euler", "steps": STEPS, "cfg": 3.0, "shift": 3.0})
     return save_bundle(tmp_path_factory.mktemp("teacher") / "teacher.safetensors",
@@ -43,15 +46,24 @@ def bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(bundle):
-    return Generator.load(bundle, device="cpu")
+    return Bundle.load(bundle, device="cpu")
+
+
+def synth(bundle, out, **kw):
+    kw = {"n": 6, "seed": SEED, "shard_size": 4, "batch": 4, **kw}
+    return run_synth(SynthConfig(teacher=str(bundle), **kw), out, progress=False)
+
+
+def sample(gen, prompts, **kw):
+    steps = kw.pop("steps", None)
+    return sample_videos(gen, prompts, seed=SEED, sampling=with_overrides(gen.sampling, steps=steps) if steps else None,
+                         show_progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
-def dataset(gen, bundle, tmp_path_factory):
+def dataset(bundle, tmp_path_factory):
     """6 videos in shards of 4 (so 4 + 2), sampled in batches of 4."""
-    out = tmp_path_factory.mktemp("synth") / "data"
-    write_synthetic(gen, out, n=6, seed=SEED, shard_size=4, batch=4, progress=False, teacher_path=bundle)
-    return out
+    return synth(bundle, tmp_path_factory.mktemp("synth") / "data")
 
 
 def copy_dataset(src, dst):
@@ -89,7 +101,7 @@ def test_shards_manifest_and_contents(dataset, gen, bundle):
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert [(s["file"], s["count"], s["first_id"]) for s in manifest["shards"]] == [
         ("shard_00000.npz", 4, 0), ("shard_00001.npz", 2, 4)]
-    assert manifest["complete"] and not list(dataset.glob("*.tmp"))
+    assert manifest["complete"] and not list(dataset.glob(".*.tmp*"))
     cfg = manifest["config"]
     assert cfg["teacher"]["path"] == str(bundle) and cfg["seed"] == SEED and cfg["n"] == 6
     assert cfg["sampling"] == {"method": "euler", "steps": STEPS, "cfg": 3.0, "shift": 3.0}
@@ -97,62 +109,62 @@ def test_shards_manifest_and_contents(dataset, gen, bundle):
     d = read_synthetic(dataset)
     assert d["videos"].dtype == np.uint8 and d["videos"].shape == (6, 9, 16, 16, 3)
     assert d["sample_ids"].tolist() == list(range(6))
-    assert d["prompts"] == world_prompt_order(gen.world, 6, SEED)
+    assert d["prompts"] == world_prompt_order(make_world(gen.world), 6, SEED)
     assert d["videos"].std() > 5  # a random teacher with a perturbed head does not give a flat video
     with pytest.raises(ValueError, match="without ODE"):
         read_synthetic(dataset, with_ode=True)
 
 
 def test_world_prompt_order_is_balanced_and_prefix_stable(gen):
-    ps = gen.world.prompts()
-    order = world_prompt_order(gen.world, 3 * len(ps) + 2, SEED)
+    w = make_world(gen.world)
+    ps = w.prompts()
+    order = world_prompt_order(w, 3 * len(ps) + 2, SEED)
     assert all(order.count(p) in (3, 4) for p in ps)
-    assert world_prompt_order(gen.world, 5, SEED) == order[:5]
+    assert world_prompt_order(w, 5, SEED) == order[:5]
     assert order[:len(ps)] != list(ps)  # shuffled, not the world's own order
 
 
 def test_each_sample_regenerates(dataset, gen):
     d = read_synthetic(dataset)
-    # the whole prompt list through Generator.sample: its call-local index is the dataset's sample id
-    assert np.array_equal(gen.sample(d["prompts"], seed=SEED, batch=4, show_progress=False), d["videos"])
-    assert np.array_equal(gen.sample(d["prompts"][:1], seed=SEED, show_progress=False)[0], d["videos"][0])
+    # the whole prompt list through sample_videos: its call-local index is the dataset's sample id
+    assert np.array_equal(sample(gen, d["prompts"], batch=4), d["videos"])
+    assert np.array_equal(sample(gen, d["prompts"][:1])[0], d["videos"][0])
     for i in (1, 5):  # any sample alone, from its own id; alone in a batch of one the float sums may
         # round differently from the batch of four, so allow one grey level
-        alone, _, _ = teacher_samples(gen, [d["prompts"][i]], SEED, start=i)
+        alone, _, _ = teacher_samples(gen, [d["prompts"][i]], SEED, i, gen.sampling)
         assert np.abs(alone[0].astype(int) - d["videos"][i]).max() <= 1
 
 
-def test_resume_after_kill_gives_the_same_bytes(dataset, gen, bundle, tmp_path):
+def test_resume_after_kill_gives_the_same_bytes(dataset, bundle, tmp_path):
     run = copy_dataset(dataset, tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())
     # the state a kill leaves after shard 0: shard 1 half-written under its temporary name, not in the manifest
     (run / "shard_00001.npz").unlink()
-    (run / "shard_00001.npz.tmp").write_bytes(b"half a shard")
+    (run / ".shard_00001.npz.tmp123").write_bytes(b"half a shard")
     (run / "manifest.json").write_text(json.dumps({**manifest, "shards": manifest["shards"][:1], "complete": False}))
     with pytest.warns(SyntheticDataWarning, match="holds 4 of 6"):
         assert len(read_synthetic(run)["videos"]) == 4
-    write_synthetic(gen, run, n=6, seed=SEED, shard_size=4, batch=2, progress=False, teacher_path=bundle)
+    synth(bundle, run, batch=2)
     for f in ("shard_00000.npz", "shard_00001.npz"):
         assert (run / f).read_bytes() == (dataset / f).read_bytes()
     assert json.loads((run / "manifest.json").read_text())["shards"] == manifest["shards"]
-    assert not list(run.glob("*.tmp"))
     # a shard the manifest lists but that is gone is written again, with a warning
     (run / "shard_00000.npz").unlink()
     with pytest.warns(SyntheticDataWarning, match="shard_00000.npz: listed in the manifest"):
-        write_synthetic(gen, run, n=6, seed=SEED, shard_size=4, batch=4, progress=False)
+        synth(bundle, run)
     assert (run / "shard_00000.npz").read_bytes() == (dataset / "shard_00000.npz").read_bytes()
 
 
-def test_other_arguments_into_the_same_folder_are_refused(dataset, gen, tmp_path):
+def test_other_arguments_into_the_same_folder_are_refused(dataset, bundle, tmp_path):
     run = copy_dataset(dataset, tmp_path / "run")
-    for kw, what in ((dict(seed=SEED + 1), "seed"), (dict(seed=SEED, n=8), "n:"),
-                     (dict(seed=SEED, steps=STEPS + 1), "sampling"),
-                     (dict(seed=SEED, prompts=["a red ball"]), "prompts")):
-        kw = {"n": 6, **kw}
+    (tmp_path / "one.txt").write_text("a red ball\n")
+    for kw, what in ((dict(seed=SEED + 1), "seed"), (dict(n=8), "n:"), (dict(steps=STEPS + 1), "sampling"),
+                     (dict(prompts_file=str(tmp_path / "one.txt")), "prompts")):
         with pytest.raises(ValueError, match=f"other settings.*{what}"):
-            write_synthetic(gen, run, shard_size=4, progress=False, **kw)
+            synth(bundle, run, **kw)
+    (tmp_path / "bad.txt").write_text("a purple ball\n")
     with pytest.raises(ValueError, match="not a blobworld t2v prompt"):
-        write_synthetic(gen, tmp_path / "bad", n=2, seed=0, prompts=["a purple ball"], progress=False)
+        synth(bundle, tmp_path / "bad", n=2, prompts_file=str(tmp_path / "bad.txt"))
 
 
 def test_bad_shards_are_reported_and_skipped(dataset, tmp_path):
@@ -189,55 +201,51 @@ def test_bad_shards_are_reported_and_skipped(dataset, tmp_path):
         read_synthetic(tmp_path)
 
 
-def test_ode_snapshots(gen, tmp_path):
+def test_ode_snapshots(gen, bundle, tmp_path):
     times = [1.0, 0.5, 0.0]
-    write_synthetic(gen, tmp_path / "ode", n=3, seed=SEED, shard_size=2, batch=2, ode_times=times, steps=4,
-                    progress=False)
+    synth(bundle, tmp_path / "ode", n=3, shard_size=2, batch=2, ode_times=tuple(times), steps=4)
     d = read_synthetic(tmp_path / "ode", with_ode=True)
     grid = euler_times(4, 3.0)
     nearest = grid[[int((grid - t).abs().argmin()) for t in times]]
     assert d["ode_states"].shape == (3, 3, 3, 9, 16, 16) and d["ode_states"].dtype == np.float16
     assert np.array_equal(d["ode_times"], nearest.numpy()) and d["ode_times"][-1] == 0.0
-    noise = sample_noise(3, gen.video_shape, SEED)
+    noise = sample_noise(3, gen.latent_shape, SEED)
     assert np.array_equal(d["ode_states"][:, 0], noise.half().numpy())  # the t = 1 state is sample i's noise
     x0 = from_model(torch.from_numpy(d["ode_states"][:, -1]).float())  # the t = 0 state is the video (fp16)
     assert np.abs(x0.astype(int) - d["videos"]).max() <= 1
-    assert np.array_equal(d["videos"], gen.sample(d["prompts"], seed=SEED, steps=4, batch=2, show_progress=False))
+    assert np.array_equal(d["videos"], sample(gen, d["prompts"], steps=4, batch=2))
 
 
 def test_ode_init_grid_keeps_generator_samples(gen):
-    prompts = list(gen.world.prompts()[:2])
-    videos, states, times = teacher_samples(gen, prompts, SEED, steps=48, ode_times=ODE_INIT_TIMES)
-    assert np.array_equal(videos, gen.sample(prompts, seed=SEED, steps=48, show_progress=False))
+    prompts = list(make_world(gen.world).prompts()[:2])
+    videos, states, times = teacher_samples(gen, prompts, SEED, 0, Euler(48), ode_times=ODE_INIT_TIMES)
+    assert np.array_equal(videos, sample(gen, prompts, steps=48))
     assert states.shape == (2, 4, 3, 9, 16, 16) and times.shape == (4,)
     assert np.abs(times - np.array(ODE_INIT_TIMES)).max() < 0.02  # a 48-step shift-3 grid is that fine
 
 
 def test_cli(bundle, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_synth_parser(parser.add_subparsers(dest="command"))
-
     def run(*argv):
-        a = parser.parse_args(["synth", "--teacher", str(bundle), "--n", "2", "--seed", "1", *argv])
-        a.fn(a)
+        return main(["synth", "--teacher", str(bundle), "--n", "2", "--seed", "1", *argv])
 
     (tmp_path / "prompts.txt").write_text("a red ball\n\na green ball and a blue ball\n")
-    run("--out", str(tmp_path / "d"), "--steps", "2", "--prompts", str(tmp_path / "prompts.txt"),
-        "--ode-times", "0.9994,0.625")
+    assert run("--out", str(tmp_path / "d"), "--steps", "2", "--prompts", str(tmp_path / "prompts.txt"),
+               "--ode-times", "0.9994,0.625") == 0
     assert "2 videos in 1 shards" in capsys.readouterr().out
     d = read_synthetic(tmp_path / "d", with_ode=True)
     assert d["prompts"] == ["a red ball", "a green ball and a blue ball"] and d["ode_states"].shape[1] == 2
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["stage"] == "synth" and cfg["sampling"]["steps"] == 2
     (tmp_path / "bad.txt").write_text("a red ball\na purple ball\n")
-    with pytest.raises(ValueError, match="bad.txt: prompt 1 'a purple ball' is not a blobworld t2v prompt"):
-        run("--out", str(tmp_path / "e"), "--prompts", str(tmp_path / "bad.txt"))
-    with pytest.raises(ValueError, match="--ode-times"):
-        run("--out", str(tmp_path / "e"), "--ode-times", "0.9,fast")
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        run("--out", str(tmp_path / "e"), "--ode-times", "1.5")
-    with pytest.raises(ValueError, match="other settings"):
-        run("--out", str(tmp_path / "d"), "--steps", "3")
+    for argv, message in (
+            (["--out", str(tmp_path / "e"), "--prompts", str(tmp_path / "bad.txt")],
+             "bad.txt: prompt 1 'a purple ball' is not a blobworld t2v prompt"),
+            (["--out", str(tmp_path / "e"), "--ode-times", "0.9,fast"], "--ode-times"),
+            (["--out", str(tmp_path / "e"), "--ode-times", "1.5"], "[0, 1]"),
+            (["--out", str(tmp_path / "d"), "--steps", "3"], "other settings")):
+        assert run(*argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert json.loads((tmp_path / "d" / "config.json").read_text()) == cfg  # the refusal keeps the record
     with pytest.raises(FileNotFoundError, match="no teacher bundle"):
         run_synth(SynthConfig(teacher=str(tmp_path / "missing.safetensors"), n=1), tmp_path / "f")

@@ -1,4 +1,8 @@
-"""The ``causal-rcm`` command line. Each sub-command is a thin wrapper over a library call."""
+"""The ``causal-rcm`` command line. Each sub-command is a thin wrapper over a library call.
+
+Every expected failure (bad input, a missing or corrupt file, a diverged run, Ctrl-C) ends with one line that
+names the fix and a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,187 +11,342 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+STAGES = ["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"]
+PRESETS = {"teacher": ("blob-s", "blob-tiny"), "sf_dmd": ("blob-s", "blob-tiny"), "tf": ("blob-s", "blob-tiny")}
+MEDIA = (".gif", ".mp4", ".png")
+
+EPILOG = """\
+presets: --preset blob-s (Blobworld 32x32, 21 frames, one GPU) or blob-tiny (16x16, 9 frames, CPU minutes)
+config keys: `causal-rcm config STAGE --preset P` prints every key of a stage with its value; override any
+             of them as key=value (e.g. train.steps=2000 objective.scm_warmup=0.02)
+outputs: bundles are .safetensors (+ .json beside); samples are .npz (videos uint8 [N, T, H, W, 3], prompts,
+         actions) with a .gif, .mp4 and .png strip beside them; runs write config.json, metrics.jsonl,
+         checkpoints/ and summary.json
+"""
 
 
+def _positive(name: str, v, allow_zero: bool = False):
+    if v is None:
+        return v
+    if v < (0 if allow_zero else 1):
+        raise ValueError(f"--{name} must be {'>= 0' if allow_zero else '>= 1'}, got {v}")
+    return v
+
+
+def _resolve_stage(stage: str, preset: str, overrides: list[str]):
+    if stage == "teacher":
+        from .stages.teacher import resolve
+        return resolve(preset, overrides)
+    if stage == "sf_dmd":
+        from .stages.sf_dmd import resolve
+        return resolve(preset, overrides)
+    from .stages.tf import resolve
+    return resolve(preset, stage, overrides)
+
+
+# ----- commands ------------------------------------------------------------------------------------------
 def _world_sample(a):
-    from .data.blobworld import save_samples
-    from .stages.common import WorldConfig
+    from .io import check_writable
+    from .worlds.base import WorldConfig
+    from .worlds.registry import make_world
+    from .worlds.samples import save_samples
 
-    world = WorldConfig(a.world, a.variant, a.size, a.frames)
+    _positive("n", a.n)
+    check_writable(a.out, "--out")
+    world = make_world(WorldConfig(a.world, a.variant, a.size, a.frames))
     t0 = time.time()
-    s = world.sample(a.n, a.seed, prompts=a.prompt)
-    save_samples(a.out, s["videos"], s["prompts"], s.get("actions"))
-    print(f"wrote {a.n} {a.variant} videos of {a.frames}x{a.size}x{a.size} to {a.out} ({time.time() - t0:.1f} s)")
+    if getattr(world, "write_samples", None) is not None:  # worlds with slow ground truth write in shards
+        world.write_samples(a.out, a.n, a.seed, workers=a.workers)
+    else:
+        s = world.sample(a.n, a.seed, prompts=a.prompt)
+        save_samples(a.out, s["videos"], s["prompts"], s.get("actions"), world=json.dumps(vars(world.config)))
+    print(f"wrote {a.n} {a.world} {a.variant} videos of {a.frames}x{a.size}x{a.size} to {a.out} "
+          f"({time.time() - t0:.1f} s)")
 
 
 def _eval(a):
-    from .data.blobworld import load_samples
-    from .eval.metrics import evaluate
     from .eval.report import fmt
+    from .io import finite_or_none
+    from .worlds.samples import load_samples, world_of
 
     s = load_samples(a.file)
-    scores = evaluate(s["videos"], list(s["prompts"]), s.get("actions"))
+    world = world_of(s)
+    context = int(s.get("context_frames", 0))
+    scores = (world.intervals(s, context, n_boot=a.n_boot) if a.intervals else world.metrics(s, context))
     if a.json:
-        print(json.dumps({k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in scores.items()},
-                         indent=2))
+        print(json.dumps({k: (list(map(finite_or_none, v)) if isinstance(v, tuple) else finite_or_none(v))
+                          for k, v in scores.items()}, indent=2))
     else:
+        print(f"{len(s['videos'])} videos, {world.config.name} {world.config.variant}"
+              + (f", scored after {context} given frames" if context else ""))
         for k, v in scores.items():
             print(f"{k:20s} {fmt(v)}")
 
 
+def _config(a):
+    from .stages.common import config_dict
+
+    print(json.dumps(config_dict(_resolve_stage(a.stage, a.preset, a.overrides)), indent=2))
+
+
 def _train(a):
+    from .io import check_dir_writable
+
+    cfg = _resolve_stage(a.stage, a.preset, a.overrides)
+    check_dir_writable(a.out, "--out")
     if a.stage == "teacher":
-        from .stages.teacher import resolve, train_teacher
-
-        path = train_teacher(resolve(a.preset, a.overrides), a.out, device=a.device)
+        from .stages.teacher import train_teacher as run
     elif a.stage == "sf_dmd":
-        from .stages.sf_dmd import resolve, train_sf_dmd
-
-        path = train_sf_dmd(resolve(a.preset, a.overrides), a.out, device=a.device)
+        from .stages.sf_dmd import train_sf_dmd as run
     else:
-        from .stages.tf import resolve, train_tf
+        from .stages.tf import train_tf as run
+    path = run(cfg, a.out, device=a.device)
+    _print_summary(Path(a.out), path)
 
-        path = train_tf(resolve(a.preset, a.stage, a.overrides), a.out, device=a.device)
-    print(f"{a.stage} bundle: {path}")
+
+def _print_summary(run_dir: Path, bundle: Path) -> None:
+    from .train import distributed as D
+
+    if not D.is_main():
+        return
+    s = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    loss = s.get("final_loss")
+    print(f"{s.get('stage', 'run')}: {s.get('steps_done', '?')}/{s.get('steps', '?')} steps in "
+          f"{s.get('seconds', 0) / 60:.1f} min" + (f", final loss {loss:.4g}" if isinstance(loss, float) else ""))
+    print(f"  bundle       {bundle}")
+    if s.get("checkpoint"):
+        print(f"  checkpoint   {s['checkpoint']}")
+    print(f"  log          {run_dir / 'metrics.jsonl'}")
+    print(f"  config       {run_dir / 'config.json'}")
 
 
 def _generate(a):
-    from .data.blobworld import save_samples
+    import numpy as np
 
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     from .eval.media import write_media
-    from .generate import Generator
+    from .io import check_writable
+    from .stream.bundle import Bundle
+    from .stream.sample import sample_videos
+    from .stream.sampling import with_overrides
+    from .worlds.registry import make_world
+    from .worlds.samples import load_samples, save_samples
 
-    gen = Generator.load(a.ckpt, device=a.device)
-    if a.prompt:
-        prompts = [a.prompt] * a.n
+    out = Path(a.out)
+    if out.suffix.lower() in MEDIA or out.suffix.lower() != ".npz":
+        raise ValueError(f"--out {out} names the .npz sample file (e.g. {out.with_suffix('.npz')}); the GIF, MP4 "
+                         "and PNG are written beside it")
+    for name in ("n", "per_prompt", "steps", "steps_first"):
+        _positive(name.replace("_", "-"), getattr(a, name))
+    if a.prompt is not None and not a.prompt.strip():
+        raise ValueError("--prompt is empty; give a prompt, or --unconditional for the unconditional model")
+    check_writable(out, "--out")
+    actions = None
+    if a.actions is not None:
+        try:
+            actions = np.load(a.actions, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--actions {a.actions}: not a .npy array of integers ({e})") from None
+        if actions.ndim != 2 or not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"--actions must hold integers [N, T − 1], got {actions.dtype} {actions.shape}")
+    start = load_samples(a.start_from) if a.start_from is not None else None
+    bundle = Bundle.load(a.ckpt, device=a.device)
+    sampling = with_overrides(bundle.sampling, steps=a.steps, cfg=a.cfg, shift=a.shift, steps_first=a.steps_first)
+    world = make_world(bundle.world_or_raise())
+    n = len(actions) if actions is not None else (len(start["videos"]) if start is not None else a.n)
+    if a.unconditional:
+        prompts = [""] * n
+    elif a.prompt is not None:
+        prompts = [a.prompt] * n
+    elif not world.prompts():
+        prompts = [""] * n
     elif a.per_prompt:
-        prompts = [p for p in gen.world.eval_prompts(max(1, a.n // a.per_prompt)) for _ in range(a.per_prompt)]
+        prompts = [p for p in world.eval_prompts(max(1, n // a.per_prompt)) for _ in range(a.per_prompt)]
     else:
-        ps = gen.world.prompts()
-        prompts = [ps[i % len(ps)] for i in range(a.n)]
-    for p in set(prompts):
-        if p not in gen.world.prompts():
-            raise ValueError(f"prompt {p!r} is not a {gen.world.name} {gen.world.variant} prompt; valid: "
-                             + ", ".join(repr(x) for x in gen.world.prompts()))
+        ps = world.prompts()
+        prompts = [ps[i % len(ps)] for i in range(n)]
+    if world.prompts():
+        bad = sorted({p for p in prompts if p and p not in world.prompts()})
+        if bad:
+            raise ValueError(f"prompt {bad[0]!r} is not a {world.config.name} {world.config.variant} prompt; valid: "
+                             + ", ".join(repr(x) for x in world.prompts()))
+    if start is not None:
+        if actions is None:
+            actions = start.get("actions")
+        start_frames = start["videos"][:n]
+    else:
+        start_frames = None
     t0 = time.time()
-    videos = gen.sample(prompts, seed=a.seed, steps=a.steps, cfg=a.cfg, shift=a.shift, steps_first=a.steps_first)
+    videos = sample_videos(bundle, prompts, seed=a.seed, sampling=sampling, actions=actions, start_frames=start_frames)
     dt = time.time() - t0
-    save_samples(a.out, videos, prompts)
-    media = write_media(videos[:64], Path(a.out).with_suffix(""))
-    print(f"generated {len(videos)} videos in {dt:.1f} s on {gen.device}: {a.out}, "
-          + ", ".join(str(m) for m in media))
+    extra = {k: start[k] for k in ("game", "states") if start is not None and k in start}
+    save_samples(out, videos, prompts, actions, world=json.dumps(vars(world.config)),
+                 context_frames=bundle.first_block_frames if start is not None else 0, **extra)
+    media = write_media(videos[:64], out.with_suffix(""))
+    print(f"generated {len(videos)} videos in {dt:.1f} s on {bundle.device}: {out}, " + ", ".join(map(str, media)))
 
 
 def _export(a):
     import torch
 
-    from .train.checkpoint import load_bundle, save_bundle
+    from .io import check_writable, load_bundle, save_bundle
 
+    check_writable(a.out, "--out")
     groups, config = load_bundle(a.ckpt)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     path = save_bundle(a.out, groups, config, dtype=dtype)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {a.dtype})")
 
 
+def _synth(a):
+    from .io import check_dir_writable
+    from .stages.synth import SynthConfig, parse_times, run_synth, synth_summary
+
+    check_dir_writable(a.out, "--out")
+    cfg = SynthConfig(teacher=a.teacher, n=a.n, seed=a.seed, shard_size=a.shard_size, batch=a.batch,
+                      steps=_positive("steps", a.steps), cfg=a.cfg, shift=a.shift, prompts_file=a.prompts,
+                      ode_times=None if a.ode_times is None else parse_times(a.ode_times))
+    t0 = time.time()
+    out = run_synth(cfg, a.out, device=a.device)
+    print(synth_summary(out, time.time() - t0))
+
+
 def _run(a):
     from .stages.recipe import run_recipe
 
-    report = run_recipe(a.recipe, out=a.out, device=a.device)
-    print(f"report: {report}")
+    print(f"report: {run_recipe(a.recipe, out=a.out, device=a.device)}")
 
 
 def _demo(a):
     from .stages.demo import run_demo
 
-    report = run_demo(out=a.out, device=a.device)
-    print(f"report: {report}")
+    print(f"report: {run_demo(out=a.out, device=a.device, assets=a.assets)}")
 
 
+# ----- parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="causal-rcm", description="Causal-rCM: few-step causal video generators")
+    p = argparse.ArgumentParser(prog="causal-rcm", description="Causal-rCM: few-step causal video generators",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def cmd(name, help_, fn):
+        c = sub.add_parser(name, help=help_, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        c.set_defaults(fn=fn)
+        return c
 
     w = sub.add_parser("world", help="built-in worlds").add_subparsers(dest="action", required=True)
     ws = w.add_parser("sample", help="render videos from a built-in world to .npz")
-    ws.add_argument("--world", default="blobworld")
-    ws.add_argument("--variant", default="t2v", choices=["t2v", "agent"])
+    ws.add_argument("--world", default="blobworld", help="blobworld or atari")
+    ws.add_argument("--variant", default="t2v", help="blobworld: t2v or agent; atari: Pong or Breakout")
     ws.add_argument("--n", type=int, default=64)
     ws.add_argument("--seed", type=int, default=0)
     ws.add_argument("--size", type=int, default=32)
     ws.add_argument("--frames", type=int, default=21)
     ws.add_argument("--prompt", default=None, help="fix the prompt of every sample")
-    ws.add_argument("--out", required=True)
+    ws.add_argument("--workers", type=int, default=1, help="processes (worlds that emulate: Atari)")
+    ws.add_argument("--out", required=True, help="the .npz file to write")
     ws.set_defaults(fn=_world_sample)
 
-    e = sub.add_parser("eval", help="world metrics of a sample file")
+    e = cmd("eval", "world metrics of a sample file (.npz)", _eval)
     e.add_argument("file")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(fn=_eval)
+    e.add_argument("--intervals", action="store_true", help="95%% bootstrap intervals over videos")
+    e.add_argument("--n-boot", type=int, default=1000)
 
-    t = sub.add_parser("train", help="train a stage")
-    t.add_argument("stage", choices=["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"])
-    t.add_argument("--preset", default="blob-s")
-    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=2000")
-    t.add_argument("--out", required=True)
-    t.add_argument("--device", default=None)
-    t.set_defaults(fn=_train)
+    for name, fn, help_ in (("train", _train, "train a stage"), ("config", _config, "print a stage's resolved config")):
+        t = cmd(name, help_, fn)
+        t.add_argument("stage", choices=STAGES)
+        t.add_argument("--preset", default="blob-s", help="blob-s or blob-tiny")
+        t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=2000")
+        if name == "train":
+            t.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+            t.add_argument("--device", default=None)
 
-    g = sub.add_parser("generate", help="sample videos from a checkpoint bundle")
-    g.add_argument("--ckpt", required=True)
-    g.add_argument("--steps", type=int, default=None)
+    g = cmd("generate", "sample videos from a checkpoint bundle", _generate)
+    g.add_argument("--ckpt", required=True, help="a bundle (.safetensors)")
+    g.add_argument("--out", required=True, help="the .npz sample file (media are written beside it)")
+    g.add_argument("--steps", type=int, default=None, help="Euler steps (teachers) or steps per chunk (students)")
     g.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (teachers)")
     g.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (teachers)")
-    g.add_argument("--steps-first", type=int, default=None, help="steps of the first chunk (causal students and causal teachers)")
+    g.add_argument("--steps-first", type=int, default=None, help="steps of the first chunk (causal models)")
     g.add_argument("--prompt", default=None, help="one prompt for every sample")
+    g.add_argument("--unconditional", action="store_true", help="sample with the empty prompt")
     g.add_argument("--n", type=int, default=16)
     g.add_argument("--per-prompt", type=int, default=None,
                    help="evaluation layout: n / per-prompt prompts spread over the world's list, per-prompt each")
+    g.add_argument("--actions", default=None, help="world models: a .npy of int actions [N, T - 1] (N follows)")
+    g.add_argument("--start-from", default=None, help="world models: start each video from the first block of "
+                   "frames of this data .npz (its actions too, unless --actions)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", required=True)
     g.add_argument("--device", default=None)
-    g.set_defaults(fn=_generate)
 
-    x = sub.add_parser("export", help="re-write a bundle in another dtype (e.g. bf16 release assets)")
+    x = cmd("export", "re-write a bundle in another dtype (e.g. bf16 release assets)", _export)
     x.add_argument("ckpt")
     x.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     x.add_argument("--out", required=True)
-    x.set_defaults(fn=_export)
 
-    from .stages.synth import add_synth_parser
+    s = cmd("synth", "sample a synthetic dataset from a bidirectional teacher", _synth)
+    s.add_argument("--teacher", required=True, help="teacher bundle (.safetensors)")
+    s.add_argument("--n", type=int, required=True, help="number of videos")
+    s.add_argument("--seed", type=int, required=True, help="sample i is drawn from noise (seed, i)")
+    s.add_argument("--out", required=True, help="dataset folder (rerun with the same arguments to resume)")
+    s.add_argument("--steps", type=int, default=None, help="Euler steps (default: the bundle's; ODE init: 48)")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
+    s.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (default: the bundle's)")
+    s.add_argument("--shard-size", type=int, default=256, help="videos per shard file")
+    s.add_argument("--batch", type=int, default=64, help="videos per sampling batch")
+    s.add_argument("--prompts", default=None,
+                   help="file with one prompt per line, cycled (default: the world's prompts in a seeded order)")
+    s.add_argument("--ode-times", default=None, help="also store the teacher's ODE states nearest to these "
+                   "comma-separated RF times, e.g. 0.9994,0.9375,0.8333,0.625")
+    s.add_argument("--device", default=None)
 
-    add_synth_parser(sub)
-
-    r = sub.add_parser("run", help="run a recipe (YAML) end to end")
+    r = cmd("run", "run a recipe (a YAML file or a built-in name: blob-tiny, blob-s, blob-s-short)", _run)
     r.add_argument("recipe")
     r.add_argument("--out", default=None)
     r.add_argument("--device", default=None)
-    r.set_defaults(fn=_run)
 
-    d = sub.add_parser("demo", help="the whole recipe on the built-in world + the shipped models")
+    d = cmd("demo", "the whole recipe on the built-in world + the shipped models", _demo)
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--device", default=None)
-    d.set_defaults(fn=_demo)
+    d.add_argument("--assets", default="assets/blob-s", help="folder of shipped bundles to sample")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides may sit anywhere among the options of `train`
+    # key=value overrides may sit anywhere among the options of `train` / `config`
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
     if hasattr(args, "overrides"):
         args.overrides = list(args.overrides) + overrides
         extra = [e for e in extra if e not in overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.debug:
+        args.fn(args)
+        return 0
+    from .train.loop import Interrupted
+
+    prog = f"causal-rcm {args.command}"
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written that is not complete", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"causal-rcm {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            print(f"{prog}: error: out of memory ({str(e).splitlines()[0][:120]}); lower the batch "
+                  "(train.batch=..., eval.batch=...) or the model size", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -28,6 +28,8 @@ class WanConfig:
     eps: float = 1e-6
     # MeanFlow students take a second time input r (METHOD.md §4); its embedding lives beside t's.
     dual_time: bool = False
+    # World models: size of the per-latent-frame action feature (METHOD.md §7; 0 = no action input)
+    action_dim: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -37,6 +39,8 @@ class WanConfig:
             raise ValueError(f"head_dim={self.head_dim} must be even and >= 6 for 3-axis RoPE")
         if self.freq_dim % 2:
             raise ValueError(f"freq_dim={self.freq_dim} must be even")
+        if self.action_dim < 0:
+            raise ValueError(f"action_dim={self.action_dim} must be >= 0")
 
     @property
     def head_dim(self) -> int:
@@ -64,6 +68,8 @@ class WanConfig:
         time = lin(self.freq_dim, d) + lin(d, d) + lin(d, 6 * d)
         if self.dual_time:
             time += lin(self.freq_dim, d) + lin(d, d)
+        if self.action_dim:
+            time += lin(self.action_dim, d) + lin(d, d) + d
         head = lin(d, self.out_dim * patch) + 2 * d
         return embed + time + self.num_layers * block + head
 

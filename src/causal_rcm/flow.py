@@ -24,8 +24,13 @@ def noisy(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def x0_from_v(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """x̂0 = x_t − t·v."""
+    """x̂0 = x_t − t·v, which is also the consistency function f(x_t, t) = x_t − t·v (f(x, 0) = x)."""
     return x_t - expand_t(t, x_t) * v
+
+
+def cfg_combine(v_c: torch.Tensor, v_u: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance: v = v_u + w·(v_c − v_u) (METHOD.md §1)."""
+    return v_u + w * (v_c - v_u)
 
 
 def expand_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,24 +40,15 @@ def expand_t(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t[:, None, :, None, None].to(x.dtype)
 
 
-def sample_t_shifted(n: int, s: float, generator=None, device=None) -> torch.Tensor:
-    """t = shift(u; s), u ~ U[0, 1]."""
-    return shift(torch.rand(n, generator=generator, device=device), s)
-
-
-def sample_t_logit_normal(n: int, mean: float, std: float, generator=None, device=None) -> torch.Tensor:
-    """log(t / (1 − t)) ~ N(mean, std²)."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
-
-
-def sample_t(kind: str, n: int, generator=None, device=None, shift_s: float = 3.0, mean: float = 0.0,
-             std: float = 1.0) -> torch.Tensor:
+def sample_t(kind: str, rng, shift_s: float = 3.0, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """One training time per sample from ``rng`` (``seeding.SampleRandom``: ``rand()`` / ``randn()`` give [B]):
+    "shifted" t = shift(u; s), u ~ U[0, 1]; "logit_normal" log(t / (1 − t)) ~ N(mean, std²); "uniform"."""
     if kind == "shifted":
-        return sample_t_shifted(n, shift_s, generator, device)
+        return shift(rng.rand(), shift_s)
     if kind == "logit_normal":
-        return sample_t_logit_normal(n, mean, std, generator, device)
+        return torch.sigmoid(mean + std * rng.randn())
     if kind == "uniform":
-        return torch.rand(n, generator=generator, device=device)
+        return rng.rand()
     raise ValueError(f"unknown time sampler {kind!r}; choose shifted, logit_normal or uniform")
 
 
@@ -62,8 +58,7 @@ def cfg_velocity(model_fn: Callable[..., torch.Tensor], x: torch.Tensor, t: torc
     if ctx_uncond is None or w == 1.0:
         return model_fn(x, t, ctx, **kw)
     both = model_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ctx, ctx_uncond]), **kw)
-    v_c, v_u = both.chunk(2)
-    return v_u + w * (v_c - v_u)
+    return cfg_combine(*both.chunk(2), w)
 
 
 def euler_times(steps: int, s: float, device=None) -> torch.Tensor:

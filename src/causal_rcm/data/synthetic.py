@@ -1,18 +1,14 @@
-"""Synthetic data: bidirectional-teacher videos in checksummed, resumable shards (DESIGN.md stage [1]).
+"""Synthetic data on disk: teacher videos in checksummed, resumable shards (DESIGN.md stage [1]).
 
 The causal teacher (METHOD.md §3) and the few-step students (§4) train on videos sampled from the
-bidirectional teacher. ``write_synthetic`` draws n of them into a folder:
+bidirectional teacher (``stages/synth.py`` draws them). ``write_synthetic`` stores n of them in a folder:
 
     DIR/manifest.json     the settings (``config``) and, per finished shard: file, count, first id, sha256
-    DIR/shard_00000.npz   videos uint8 [k, T, H, W, 3], prompts str [k], sample_ids int64 [k]; with ODE
-                          snapshots also ode_states float16 [k, K, C, T, H, W] and ode_times float32 [K]
+    DIR/shard_00000.npz   videos uint8 [k, T, H, W, 3], prompts str [k], sample_ids int64 [k]; world models
+                          also actions int64 [k, T − 1]; with ODE snapshots also ode_states float16
+                          [k, K, C, T, H, W] and ode_times float32 [K]
 
-Sample i is the teacher's Euler+CFG sample (§6) from noise ε_i drawn from (seed, i) by
-``generate.sample_noise``: index i of ``Generator.sample(prompts, seed)`` over the same prompts, and
-``teacher_samples(..., start=i)`` regenerates it alone. The ODE snapshots are the states of that same
-Euler trajectory at the grid points nearest to the requested times (``flow.euler_sample(keep=...)``),
-what the ODE-init baseline (§4) regresses from; METHOD.md's trajectories use 48 Euler steps.
-
+This module knows the format only: the sampler is a function ``make_shard(lo, hi) -> arrays`` passed in.
 Sizes (uncompressed; shards are zlib-compressed: Blobworld videos shrink several-fold, ODE states hardly):
 a video is T·H·W·3 bytes, 64.5 KB at 21×32×32, so 10,000 videos take 645 MB; one ODE state is C·T·H·W·2
 bytes, 129 KB at 3×21×32×32, so K = 4 states of 10,000 videos take 5.2 GB, on disk and in memory when read
@@ -23,47 +19,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
-from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from ..flow import cfg_velocity, euler_sample
-from ..generate import Generator, autocast_for, sample_noise
-from ..train.loop import progress as progress_bar
-from .blobworld import from_model
+from ..io import atomic_write, progress as progress_bar
 
 FORMAT = "causal-rcm-synthetic/1"
 MANIFEST = "manifest.json"
-_PROMPT_ORDER_TAG = 0x5E7  # keeps the prompt-order stream apart from the noise streams drawn from the seed
 
 
 class SyntheticDataWarning(UserWarning):
     """A shard of a synthetic dataset was skipped (missing, changed, unreadable or malformed)."""
-
-
-def world_prompt_order(world, n: int, seed: int) -> list[str]:
-    """Prompt of sample i for i < n: the world's prompts cycled, each pass in its own seeded random order,
-    so every prompt appears ⌊n/P⌋ or ⌈n/P⌉ times and prompt i does not depend on n."""
-    ps = world.prompts()
-    out: list[str] = []
-    for epoch in range(-(-n // len(ps))):
-        perm = np.random.default_rng([seed, _PROMPT_ORDER_TAG, epoch]).permutation(len(ps))
-        out.extend(ps[j] for j in perm)
-    return out[:n]
-
-
-def check_prompts(world, prompts: Sequence[str], where: str = "") -> None:
-    """Raise ValueError naming the first prompt that is not one of the world's prompts."""
-    valid = world.prompts()
-    for i, p in enumerate(prompts):
-        if p not in valid:
-            raise ValueError(f"{where}prompt {i} {p!r} is not a {world.name} {world.variant} prompt; valid: "
-                             + ", ".join(repr(x) for x in valid))
 
 
 def check_ode_times(ode_times: Sequence[float]) -> list[float]:
@@ -73,64 +42,8 @@ def check_ode_times(ode_times: Sequence[float]) -> list[float]:
     return times
 
 
-def euler_sampling(generator: Generator, steps: int | None = None, cfg: float | None = None,
-                   shift: float | None = None) -> dict:
-    """The teacher's Euler+CFG settings (the bundle's, with the non-None overrides applied)."""
-    sp = generator.resolved_sampling(steps=steps, cfg=cfg, shift=shift)
-    if sp.get("method", "euler") != "euler":
-        raise ValueError(f"synthetic data comes from a bidirectional teacher (sampling method 'euler'); this "
-                         f"bundle samples with {sp['method']!r}")
-    return {"method": "euler", "steps": int(sp["steps"]), "cfg": float(sp["cfg"]), "shift": float(sp["shift"])}
 
 
-@torch.no_grad()
-def teacher_samples(generator: Generator, prompts: Sequence[str], seed: int, start: int = 0,
-                    steps: int | None = None, cfg: float | None = None, shift: float | None = None,
-                    ode_times: Sequence[float] | None = None, batch: int = 64, bar=None):
-    """Videos uint8 [N, T, H, W, 3] of the bidirectional teacher, prompts[j] from noise (seed, start + j):
-    the Euler+CFG path of ``Generator.sample`` (same operations, so bit-identical for the same batches)
-    with the sample ids offset by ``start``. Returns ``(videos, ode_states, ode_times)``: with ``ode_times``
-    the trajectory states float16 [N, K, C, T, H, W] at the nearest grid times float32 [K], else None, None."""
-    sp = euler_sampling(generator, steps, cfg, shift)
-    dev = generator.device
-    videos, states, grid = [], [], None
-    for s in range(0, len(prompts), batch):
-        chunk = list(prompts[s:s + batch])
-        # whole videos per Euler step, in integers, so the bar ends exactly at the number of videos
-        tick = None if bar is None else (lambda i, k=len(chunk): bar.update(k * (i + 1) // sp["steps"]
-                                                                             - k * i // sp["steps"]))
-        with autocast_for(dev):
-            ctx, ctx_u = generator.contexts(chunk)
-            noise = sample_noise(len(chunk), generator.video_shape, seed, start=start + s, device=dev)
-            out = euler_sample(lambda x, t: cfg_velocity(generator.net, x, t, ctx, ctx_u, sp["cfg"]).float(),
-                               noise, sp["steps"], sp["shift"], progress=tick, keep=ode_times)
-        if ode_times is None:
-            x0 = out
-        else:
-            x0, st, grid = out
-            states.append(st.to("cpu", torch.float16).numpy())
-        videos.append(from_model(x0.float()))
-    if ode_times is None:
-        return np.concatenate(videos), None, None
-    return np.concatenate(videos), np.concatenate(states), grid.numpy().astype(np.float32)
-
-
-def weights_sha256(generator: Generator) -> str:
-    """sha256 over the teacher's fp32 weights (net, then text encoder): identifies the teacher whatever
-    file or dtype it was loaded from."""
-    h = hashlib.sha256()
-    for name, module in (("net", generator.net), ("text_encoder", generator.text_encoder)):
-        for k, v in sorted(module.state_dict().items()):
-            h.update(f"{name}.{k}".encode())
-            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _grid_times(sampling: dict, ode_times: list[float]) -> list[float]:
-    # the grid rule lives in euler_sample alone: ask it with a zero velocity on a 1-element state
-    _, _, grid = euler_sample(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1), sampling["steps"],
-                              sampling["shift"], keep=ode_times)
-    return [float(t) for t in grid]
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -142,9 +55,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def load_manifest(root: str | Path) -> dict:
@@ -183,45 +94,23 @@ def _open_manifest(root: Path, config: dict) -> dict:
     return manifest
 
 
-def write_synthetic(generator: Generator, out_dir: str | Path, n: int, seed: int,
-                    prompts: Sequence[str] | None = None, shard_size: int = 256, batch: int = 64,
-                    ode_times: Sequence[float] | None = None, progress: bool = True, steps: int | None = None,
-                    cfg: float | None = None, shift: float | None = None,
-                    teacher_path: str | Path | None = None) -> Path:
-    """Write n teacher samples (sample i from noise (seed, i)) as shards of ``shard_size`` plus manifest.json
-    into ``out_dir``; returns ``out_dir``.
+def write_synthetic(out_dir: str | Path, n: int, shard_size: int, config: dict,
+                    make_shard: Callable[[int, int, object], dict[str, np.ndarray]], progress: bool = True,
+                    device: str = "") -> Path:
+    """Write samples 0 … n − 1 as shards of ``shard_size`` plus manifest.json into ``out_dir``.
 
-    ``prompts``: None cycles the world's prompts in a seeded order (``world_prompt_order``); a list is
-    cycled in its own order (a list of n gives prompt i to sample i). ``ode_times``: also store the Euler
-    trajectory states nearest to these RF times. ``steps``/``cfg``/``shift`` override the bundle's sampling.
-    Each shard is written to a temporary name, renamed, then recorded in the manifest, so a killed run
-    reruns with the same arguments and continues after its last finished shard; other arguments into the
-    same folder raise ValueError (``batch`` and ``teacher_path`` may change: they do not change the data).
-    Each shard records its device: CUDA samples under bf16 autocast, so a run resumed on another kind of
-    device holds shards of two precisions.
+    ``make_shard(lo, hi, bar)`` returns the arrays of samples [lo, hi) (``videos``, ``prompts``, optional
+    ``actions``, ``ode_states``, ``ode_times``; it advances the progress bar by one per video). ``config``
+    describes how they are made: a folder holding a dataset of other settings is refused. Each shard is
+    written to a temporary name, renamed, then recorded in the manifest, so a killed run reruns with the
+    same settings and continues after its last finished shard. Each shard records ``device`` (CUDA samples
+    under bf16 autocast: a run resumed on another kind of device holds shards of two precisions).
     """
-    for name, v in (("n", n), ("shard_size", shard_size), ("batch", batch)):
+    for name, v in (("n", n), ("shard_size", shard_size)):
         if int(v) != v or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     root = Path(out_dir)
-    world = generator.world
-    sp = euler_sampling(generator, steps, cfg, shift)
-    ode = None if ode_times is None else check_ode_times(ode_times)
-    if prompts is None:
-        plist, prompt_source = world_prompt_order(world, n, seed), {"source": "world"}
-    else:
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("prompts is an empty list; pass None to cycle through the world's prompts")
-        check_prompts(world, prompts)
-        plist = [prompts[i % len(prompts)] for i in range(n)]
-        prompt_source = {"source": "list", "count": len(prompts),
-                         "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
-    config = {"teacher": {"path": None if teacher_path is None else str(teacher_path),
-                          "weights_sha256": weights_sha256(generator)},
-              "seed": int(seed), "n": int(n), "shard_size": int(shard_size), "world": asdict(world),
-              "video_shape": list(generator.video_shape), "sampling": sp, "prompts": prompt_source,
-              "ode_times": ode, "ode_grid_times": None if ode is None else _grid_times(sp, ode)}
+    config = {**config, "n": int(n), "shard_size": int(shard_size)}
     root.mkdir(parents=True, exist_ok=True)
     manifest = _open_manifest(root, config)
     done = {s["file"] for s in manifest["shards"]}
@@ -233,20 +122,15 @@ def write_synthetic(generator: Generator, out_dir: str | Path, n: int, seed: int
         if name in done:
             continue
         lo, hi = k * shard_size, min(n, (k + 1) * shard_size)
-        videos, states, grid = teacher_samples(generator, plist[lo:hi], seed, start=lo, ode_times=ode,
-                                               batch=batch, bar=bar, **{x: sp[x] for x in ("steps", "cfg", "shift")})
-        arrays = {"videos": videos, "prompts": np.array(plist[lo:hi], dtype=str),
+        arrays = make_shard(lo, hi, bar)
+        arrays = {**arrays, "prompts": np.array(list(arrays["prompts"]), dtype=str),
                   "sample_ids": np.arange(lo, hi, dtype=np.int64)}
-        if ode is not None:
-            arrays.update(ode_states=states, ode_times=grid)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         data = buf.getvalue()
-        tmp = root / (name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, root / name)
+        atomic_write(root / name, data)
         manifest["shards"].append({"file": name, "count": hi - lo, "first_id": lo, "bytes": len(data),
-                                   "sha256": hashlib.sha256(data).hexdigest(), "device": str(generator.device)})
+                                   "sha256": hashlib.sha256(data).hexdigest(), "device": device})
         manifest["shards"].sort(key=lambda s: s["first_id"])
         manifest["complete"] = len(manifest["shards"]) == n_shards
         _write_json(root / MANIFEST, manifest)
@@ -264,7 +148,9 @@ def _load_shard(root: Path, entry: dict, config: dict, with_ode: bool) -> tuple[
     if digest != entry["sha256"]:
         return None, (f"sha256 {digest[:12]}… does not match the manifest's {entry['sha256'][:12]}… "
                       "(the file was changed or truncated)")
-    keys = ["videos", "prompts", "sample_ids"] + (["ode_states", "ode_times"] if with_ode else [])
+    with_actions = bool(config.get("actions"))
+    keys = (["videos", "prompts", "sample_ids"] + (["actions"] if with_actions else [])
+            + (["ode_states", "ode_times"] if with_ode else []))
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
@@ -275,6 +161,8 @@ def _load_shard(root: Path, entry: dict, config: dict, with_ode: bool) -> tuple[
         return None, f"cannot be read as .npz ({type(e).__name__}: {e})"
     k, (c, t, h, w) = entry["count"], config["video_shape"]
     want = {"videos": (np.uint8, (k, t, h, w, 3)), "sample_ids": (np.int64, (k,))}
+    if with_actions:
+        want["actions"] = (np.int64, (k, t - 1))
     if with_ode:
         kk = len(config["ode_times"])
         want.update(ode_states=(np.float16, (k, kk, c, t, h, w)), ode_times=(np.float32, (kk,)))
@@ -293,7 +181,8 @@ def _load_shard(root: Path, entry: dict, config: dict, with_ode: bool) -> tuple[
 
 def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
     """A synthetic dataset, concatenated over its valid shards in sample order: ``videos`` uint8
-    [N, T, H, W, 3], ``prompts`` list[str], ``sample_ids`` int64 [N], ``config`` (the manifest's) and, with
+    [N, T, H, W, 3], ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
+    models), ``config`` (the manifest's) and, with
     ``with_ode``, ``ode_states`` float16 [N, K, C, T, H, W] and ``ode_times`` float32 [K].
 
     A shard that is missing, whose sha256 differs from the manifest, that cannot be decoded or whose arrays
@@ -310,6 +199,7 @@ def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
     # filled in place, shard by shard: peak memory is the dataset plus one shard, not twice the dataset
     videos = np.empty((total, t, h, w, 3), np.uint8)
     ids = np.empty(total, np.int64)
+    acts = np.empty((total, t - 1), np.int64) if config.get("actions") else None
     ode = np.empty((total, len(config["ode_times"]), c, t, h, w), np.float16) if with_ode else None
     prompts: list[str] = []
     filled = 0
@@ -320,6 +210,8 @@ def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
             continue
         k = entry["count"]
         videos[filled:filled + k], ids[filled:filled + k] = arrays["videos"], arrays["sample_ids"]
+        if acts is not None:
+            acts[filled:filled + k] = arrays["actions"]
         prompts.extend(str(p) for p in arrays["prompts"])
         if with_ode:
             ode[filled:filled + k] = arrays["ode_states"]
@@ -330,6 +222,8 @@ def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
         warnings.warn(f"{root} holds {total} of {config['n']} videos; rerun synth with the same arguments to "
                       "finish it", SyntheticDataWarning, stacklevel=2)
     out = {"videos": videos[:filled], "prompts": prompts, "sample_ids": ids[:filled], "config": config}
+    if acts is not None:
+        out["actions"] = acts[:filled]
     if with_ode:
         out.update(ode_states=ode[:filled], ode_times=np.asarray(config["ode_grid_times"], np.float32))
     return out

@@ -1,4 +1,7 @@
-"""Run reports: a Markdown page with a metrics table against the data row, loss curves and sample strips."""
+"""Run reports: a Markdown page with a metrics table against the data row, loss curves and sample strips.
+
+Generic over worlds: a world brings its metric names and which way each is better (``higher``).
+"""
 from __future__ import annotations
 
 import math
@@ -6,17 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..train.loop import read_jsonl
-
-# spec §4: metric name -> True when higher is better
-METRICS = {
-    "prompt_accuracy": True, "persistence": True, "motion_error": False, "artifact_rate": False,
-    "size_stability": False, "position_entropy": True, "direction_entropy": True,
-    "action_accuracy": True, "agent_still": True,
-}
+from ..io import read_jsonl
 
 
 def fmt(v) -> str:
+    """A table cell: numbers to 3 decimals, (value, low, high) as "value [low, high]", NaN as n/a."""
+    if isinstance(v, (tuple, list)) and len(v) == 3:
+        if not all(isinstance(x, float) and math.isfinite(x) for x in v[1:]):
+            return fmt(v[0])
+        return f"{fmt(v[0])} [{fmt(v[1])}, {fmt(v[2])}]"
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, float):
@@ -24,10 +25,11 @@ def fmt(v) -> str:
     return str(v)
 
 
-def metrics_table(rows: list[dict], extra_cols: tuple[str, ...] = ()) -> str:
-    """Markdown table; each row is {"name": ..., <metric>: value, ...}. Columns: metrics present in any row."""
-    cols = [m for m in METRICS if any(m in r for r in rows)] + [c for c in extra_cols if any(c in r for r in rows)]
-    head = "| model | " + " | ".join(f"{c} {'↑' if METRICS.get(c, True) else '↓'}" if c in METRICS else c
+def metrics_table(rows: list[dict], higher: dict[str, bool], extra_cols: tuple[str, ...] = ()) -> str:
+    """Markdown table; each row is {"name": ..., <metric>: value or (value, low, high), ...}. Columns: the
+    metrics of ``higher`` present in any row, then ``extra_cols``."""
+    cols = [m for m in higher if any(m in r for r in rows)] + [c for c in extra_cols if any(c in r for r in rows)]
+    head = "| model | " + " | ".join(f"{c} {'↑' if higher[c] else '↓'}" if c in higher else c
                                      for c in cols) + " |"
     lines = [head, "|" + " --- |" * (len(cols) + 1)]
     for r in rows:
@@ -60,7 +62,8 @@ def plot_curves(run_dirs: dict[str, Path], out_png: Path, keys=("loss",), log_y:
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
@@ -68,7 +71,8 @@ def plot_curves(run_dirs: dict[str, Path], out_png: Path, keys=("loss",), log_y:
     return out_png
 
 
-def plot_eval_curves(run_dirs: dict[str, Path], out_png: Path, metrics=("prompt_accuracy", "motion_error")):
+def plot_eval_curves(run_dirs: dict[str, Path], out_png: Path, higher: dict[str, bool],
+                     metrics=("prompt_accuracy", "motion_error")):
     """World metrics of periodic evaluations against the training step, one panel per metric."""
     import matplotlib
 
@@ -83,10 +87,11 @@ def plot_eval_curves(run_dirs: dict[str, Path], out_png: Path, metrics=("prompt_
             if recs:
                 any_data = True
                 ax.plot([r["step"] for r in recs], [r[f"eval/{m}"] for r in recs], marker="o", label=name)
-        ax.set_title(f"{m} ({'higher' if METRICS.get(m, True) else 'lower'} is better)")
+        ax.set_title(f"{m} ({'higher' if higher.get(m, True) else 'lower'} is better)")
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     if any_data:
         out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -100,9 +105,9 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     body = [f"# {title}", ""]
     for heading, text in sections:
         body += [f"## {heading}", "", text.strip(), ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(body))
-    return path
+    from ..io import atomic_write
+
+    return atomic_write(path, "\n".join(body))
 
 
 def image(rel: str | Path, caption: str) -> str:

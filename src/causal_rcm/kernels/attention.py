@@ -14,13 +14,10 @@ first query (a cached prefix), so query row i is token ``q_offset + i`` of the m
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # masks live with the model, which imports this module
-    from ..models.masks import Mask
+from ..masks import Mask
 
 BACKENDS = ("auto", "sdpa", "flex", "math")
 

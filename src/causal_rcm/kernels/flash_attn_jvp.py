@@ -25,31 +25,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ..models.masks import Mask
+from ..masks import BLOCK_CAUSAL, NO_MASK, TEACHER_FORCING, Mask
+from . import triton_compat
 from .reference import check_jvp_args
 
 LOG2E = tl.constexpr(1.4426950408889634)  # softmax in base 2: exp(x) = exp2(x·log2 e), the fast hardware op
+# the mask kinds of masks.py, as compile-time constants inside the kernels
+_NO_MASK, _BLOCK_CAUSAL, _TEACHER_FORCING = (tl.constexpr(k) for k in (NO_MASK, BLOCK_CAUSAL, TEACHER_FORCING))
 
 
-def _interpreter_loop_bounds_fix() -> None:
-    """Triton 3.6's interpreter turns run-time loop bounds into ints with int(array of shape (1,)), which
-    NumPy >= 2.4 refuses (triton-lang/triton#9171); apply the upstream fix (squeeze first)."""
-    from triton.runtime import interpreter
-
-    patch = interpreter._patch_lang_tensor
-    if getattr(patch, "squeezes_index", False):
-        return
-
-    def patched(tensor, scope):
-        patch(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patched.squeezes_index = True
-    interpreter._patch_lang_tensor = patched
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _interpreter_loop_bounds_fix()
+triton_compat.apply()
 
 
 @triton.jit
@@ -76,10 +61,10 @@ def _key_ranges(r0, r1, LK, N_TOK, T, MASK_KIND: tl.constexpr, FIRST: tl.constex
     """
     f0 = r0 // N_TOK
     f1 = r1 // N_TOK
-    if MASK_KIND == 0:
+    if MASK_KIND == _NO_MASK:
         a_lo, a_ev, a_hi = 0, LK, LK
         b_lo, b_ev, b_hi = 0, 0, 0
-    elif MASK_KIND == 1:
+    elif MASK_KIND == _BLOCK_CAUSAL:
         b0 = _block_of(f0, FIRST, CHUNK)
         b1 = _block_of(f1, FIRST, CHUNK)
         uniform = b0 == b1
@@ -124,7 +109,7 @@ def _visible(r_blk, r_noisy, offs_n, N_TOK, T, MASK_KIND: tl.constexpr, FIRST: t
              CHUNK: tl.constexpr, WINDOW: tl.constexpr, SINK: tl.constexpr):
     """Mask.visible element-wise: rows given by their block (and half, for teacher forcing), keys by index."""
     kf = offs_n // N_TOK
-    if MASK_KIND == 1:
+    if MASK_KIND == _BLOCK_CAUSAL:
         kb = _block_of(kf, FIRST, CHUNK)[None, :]
         qb = r_blk[:, None]
         vis = kb <= qb
@@ -189,7 +174,7 @@ def _attend_tiles(acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV,
         s = _dot(q, tl.trans(k), None, DOT_MODE)  # S / scale
         if MASKED:
             vis = in_k[None, :]
-            if MASK_KIND != 0:
+            if MASK_KIND != _NO_MASK:
                 vis = vis & _visible(r_blk, r_noisy, offs_n, N_TOK, T, MASK_KIND, FIRST, CHUNK, WINDOW, SINK)
             s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -289,7 +274,7 @@ def _attend_query_tile(Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_
     # Each row's block (and half) for the element mask; rows past LQ behave as the last real row.
     rf = (Q_OFFSET + tl.minimum(offs_m, LQ - 1)) // N_TOK
     r_noisy = rf >= T
-    if MASK_KIND == 2:
+    if MASK_KIND == _TEACHER_FORCING:
         r_blk = _block_of(tl.where(r_noisy, rf - T, rf), FIRST, CHUNK)
     else:
         r_blk = _block_of(rf, FIRST, CHUNK)
@@ -310,7 +295,7 @@ def _attend_query_tile(Q, K, V, TQ, TK, TV, O, TO, stride_qm, stride_kn, stride_
         acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
         a_lo, a_ev, a_hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T_MODE,
         BLOCK_N, STAGES, HEAD_DIM, BLOCK_D, MASK_KIND, FIRST, CHUNK, WINDOW, SINK, DOT_MODE)
-    if MASK_KIND == 2 or WINDOW > 0:  # dense and window-less block-causal masks give a single range
+    if MASK_KIND == _TEACHER_FORCING or WINDOW > 0:  # dense and window-less block-causal masks give a single range
         acc, tacc, m_i, l_i, r_i = _attend_range(
             acc, tacc, m_i, l_i, r_i, q, qd, K, V, TK, TV, stride_kn, stride_vn, stride_tkn, stride_tvn,
             b_lo, b_ev, b_hi, TANGENT_KEYS, r_blk, r_noisy, offs_d, N_TOK, T, sm_scale, TANGENT, KEY_T_MODE,
@@ -451,7 +436,7 @@ def flash_attention_jvp(q, k, v, tq, tk, tv, mask: Mask | None = None, frame_tok
     tq_, to_ = (tq, to) if has_jvp else (q, o)  # never-read stand-ins for zero-size tensors
     tk_, tv_ = (tk, tv) if key_t_mode else (k, v)
     ka = mask.kernel_args(shp.T) if mask is not None else dict(
-        MASK_KIND=0, FIRST=1, CHUNK=1, NUM_FRAMES=1, WINDOW=0, SINK=0)
+        MASK_KIND=NO_MASK, FIRST=1, CHUNK=1, NUM_FRAMES=1, WINDOW=0, SINK=0)
     common = dict(HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)), KEY_T_MODE=key_t_mode,
                   MASK_KIND=ka["MASK_KIND"], FIRST=ka["FIRST"], CHUNK=ka["CHUNK"], WINDOW=ka["WINDOW"],
                   SINK=ka["SINK"], DOT_MODE=_dot_mode(q))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.masks import Mask
+from ..masks import Mask
 
 # Scores materialised at once per query chunk (B·H·rows·Lk); 2^25 fp32 scores = 128 MiB per temporary.
 REF_CHUNK_ELEMENTS = 1 << 25

@@ -1,5 +1,5 @@
+from ..masks import C1_1, C1_4, C3_3, BlockCausal, ChunkPattern, Mask, TeacherForcing, block_causal, teacher_forcing
 from .kv_cache import KVCache
-from .masks import C1_1, C1_4, C3_3, BlockCausal, ChunkPattern, Mask, TeacherForcing, block_causal, teacher_forcing
 from .wan import WanDiT
 
 __all__ = ["WanDiT", "KVCache", "ChunkPattern", "Mask", "BlockCausal", "TeacherForcing", "block_causal",

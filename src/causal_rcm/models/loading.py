@@ -114,7 +114,8 @@ def infer_config(sd: dict[str, torch.Tensor], num_heads: int | None = None) -> W
         ffn_dim=sd["blocks.0.ffn.0.weight"].shape[0], freq_dim=sd["time_embedding.0.weight"].shape[1],
         text_dim=sd["text_embedding.0.weight"].shape[1], num_heads=num_heads, num_layers=num_layers,
         patch_size=patch, qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
-        cross_attn_norm="blocks.0.norm3.weight" in sd, dual_time="r_embedding.0.weight" in sd)
+        cross_attn_norm="blocks.0.norm3.weight" in sd, dual_time="r_embedding.0.weight" in sd,
+        action_dim=sd["action_embedding.mlp.0.weight"].shape[1] if "action_embedding.mlp.0.weight" in sd else 0)
 
 
 def _heads_from_config(cfg: dict | None) -> int | None:

@@ -1,11 +1,18 @@
-"""The Wan2.1 text-to-video DiT, with block-causal masks and KV-cache streaming.
+"""The Wan2.1 text-to-video DiT, with block-causal masks, KV-cache streaming, actions and a forward-mode pass.
 
 Parameter names equal the official Wan2.1 checkpoint's (``blocks.N.self_attn.q.weight``,
 ``blocks.N.ffn.0.weight``, ``head.head.weight``, ...), so official weights load without key surgery;
 ``models/loading.py`` maps the diffusers layout onto these names.
 
-Precision: the time embedding, AdaLN modulation, norms and RoPE run in fp32 (they are cheap and
-sensitive); matmuls and attention run in the input / autocast dtype.
+Two passes, each a method of the module that owns the weights (so FSDP2 can shard per block and register
+``forward_jvp`` beside ``forward``):
+
+- ``forward``: v = v_θ(x, t, c[, a]), bidirectional, masked (block-causal, teacher forcing) or streaming.
+- ``forward_jvp``: (v, v̇) = (v_θ, ∂v/∂x·ẋ + ∂v/∂t·ṫ [+ ∂v/∂r·ṙ]), the dv/dt continuous-time consistency
+  distillation needs (METHOD.md §4), under no_grad. ``tangent_from`` = f0 says frames < f0 have ẋ = 0, ṫ = 0
+  *and* attend to no frame ≥ f0 (the clean context of the teacher-forcing layout, f0 = T), so their
+  tangents are exactly zero in every layer: they cost a primal forward only (``layers.split_jvp``) and
+  attention runs the masked JVP kernel with ``tangent_rows = tangent_keys = f0·N``.
 
 Shapes: video [B, C, F, H, W]; tokens [B, L, D] with L = F·N, N = (H/ph)·(W/pw) tokens per frame;
 attention [B, heads, L, head_dim]; times t in [0, 1], shape [B] or per frame [B, F].
@@ -16,148 +23,23 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.func import jvp
 
 from ..config import WanConfig
-from ..kernels.attention import attention
+from ..kernels.attention import attention, attention_jvp
+from ..kv_policy import FULL, KVPolicy
+from ..masks import Mask
+from .conditioning import ActionEmbedding, Actions
 from .kv_cache import KVCache
-from .masks import Mask
-
+from .layers import (Attention, LayerNorm, apply_rope, fp32, gate, layer_norm, modulate, rope_freqs, rope_tables,
+                     sinusoidal_embedding, split_jvp)
 
 R_SCALE = 100.0  # MeanFlow's interval t − r is embedded as sinusoids of 100·(t − r) (t itself: 1000·t)
 
 
-def fp32(x: torch.Tensor) -> torch.Tensor:
-    """At least fp32: low-precision tensors go up to fp32, fp64 (tests) stays fp64."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
-    """[cos(p·ω_i), sin(p·ω_i)], ω_i = 10000^(−i/half) (Wan's timestep embedding), fp32 (as diffusers)."""
-    half = dim // 2
-    position = fp32(position)
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=position.dtype, device=position.device) / half)
-    arg = position[:, None] * freqs[None]
-    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
-
-
-def rope_freqs(head_dim: int) -> list[torch.Tensor]:
-    """Per-axis rotation frequencies (frame, height, width): head_dim splits as d − 4⌊d/6⌋, 2⌊d/6⌋, 2⌊d/6⌋."""
-    hw = 2 * (head_dim // 6)
-    dims = (head_dim - 2 * hw, hw, hw)
-    # explicit CPU device: models are also built under torch.device('meta') for loading
-    return [1.0 / torch.pow(10000.0, torch.arange(0, a, 2, dtype=torch.float64, device="cpu") / a) for a in dims]
-
-
-def rope_tables(freqs: list[torch.Tensor], frame_pos: torch.Tensor, hp: int, wp: int, device):
-    """cos, sin of shape [L, head_dim/2] for tokens ordered (frame, row, column)."""
-    f = frame_pos.to(device="cpu", dtype=torch.float64)
-    axes = [torch.outer(f, freqs[0]), torch.outer(torch.arange(hp, dtype=torch.float64, device="cpu"), freqs[1]),
-            torch.outer(torch.arange(wp, dtype=torch.float64, device="cpu"), freqs[2])]
-    nf = len(f)
-    angles = torch.cat([axes[0][:, None, None].expand(nf, hp, wp, -1),
-                        axes[1][None, :, None].expand(nf, hp, wp, -1),
-                        axes[2][None, None, :].expand(nf, hp, wp, -1)], dim=-1).reshape(nf * hp * wp, -1)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs: x [B, L, H, d]; cos, sin [L, d/2] (fp32 products, x's dtype out)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
-    c, s = cos[:, None].to(ct), sin[:, None].to(ct)
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * c - x2 * s
-    out[..., 1::2] = x1 * s + x2 * c
-    return out
-
-
-def layer_norm(x, eps, weight=None, bias=None):
-    """LayerNorm computed in fp32, returned in x's dtype (as diffusers' FP32LayerNorm)."""
-    return F.layer_norm(fp32(x), x.shape[-1:], weight, bias, eps).type_as(x)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x·(1 + scale) + shift with per-frame (or per-sample) modulation: x [B, L, D]; shift, scale
-    [B, Ft, D] with Ft = 1 or the number of frames. Broadcast inside, never a per-token copy."""
-    B, L, D = x.shape
-    Ft = shift.shape[1]
-    y = torch.addcmul(shift[:, :, None], x.view(B, Ft, L // Ft, D), 1 + scale[:, :, None])
-    return y.view(B, L, D)
-
-
-def gate(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """x + y·g in fp32 with per-frame g [B, Ft, D]; returned in x's dtype."""
-    B, L, D = x.shape
-    Ft = g.shape[1]
-    out = torch.addcmul(fp32(x).view(B, Ft, L // Ft, D), y.view(B, Ft, L // Ft, D), g[:, :, None])
-    return out.view(B, L, D).type_as(x)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        # fused kernel; low-precision inputs are accumulated in fp32 inside it
-        return F.rms_norm(x, x.shape[-1:], self.weight.to(x.dtype), self.eps)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm in fp32 (affine only where Wan has it: the cross-attention norm)."""
-
-    def __init__(self, dim: int, eps: float, affine: bool = False):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
-
-    def forward(self, x):
-        w = None if self.weight is None else fp32(self.weight)
-        b = None if self.bias is None else fp32(self.bias)
-        return layer_norm(x, self.eps, w, b)
-
-
-class Attention(nn.Module):
-    """Wan's attention projections: q, k, v, o and RMSNorm over the full width of q and k."""
-
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
-        super().__init__()
-        self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.fused_norm_rope = True  # CUDA without gradients: kernels/norm_rope.py (WanDiT.use_fused_norm_rope)
-
-    def heads(self, x):  # [B, L, D] -> [B, L, H, d]
-        return x.unflatten(-1, (self.num_heads, -1))
-
-    def qkv(self, x, rope):
-        """Self-attention q, k, v as [B, H, L, d], with RoPE on q and k."""
-        cos, sin = rope
-        uq, uk = self.q(x), self.k(x)
-        if (self.fused_norm_rope and uq.is_cuda and uq.dtype != torch.float64 and not torch.is_grad_enabled()
-                and isinstance(self.norm_q, RMSNorm)):
-            from ..kernels.norm_rope import rmsnorm_rope  # fused inference path (one pass per row)
-
-            d = uq.shape[-1] // self.num_heads
-            q = self.heads(rmsnorm_rope(uq, self.norm_q.weight, cos, sin, d, self.norm_q.eps))
-            k = self.heads(rmsnorm_rope(uk, self.norm_k.weight, cos, sin, d, self.norm_k.eps))
-        else:
-            q = apply_rope(self.heads(self.norm_q(uq)), cos, sin)
-            k = apply_rope(self.heads(self.norm_k(uk)), cos, sin)
-        v = self.heads(self.v(x))
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-
-    def context_kv(self, ctx):
-        k = self.heads(self.norm_k(self.k(ctx))).transpose(1, 2)
-        v = self.heads(self.v(ctx)).transpose(1, 2)
-        return k, v
-
-    def out(self, o):  # [B, H, L, d] -> [B, L, D]
-        return self.o(o.transpose(1, 2).flatten(2))
+def _frames(m: torch.Tensor, f0: int) -> torch.Tensor:
+    """Per-frame modulation [B, Ft, ...] from frame f0 on (a per-sample one, Ft = 1, stays)."""
+    return m if m.shape[1] == 1 else m[:, f0:]
 
 
 class WanBlock(nn.Module):
@@ -190,6 +72,54 @@ class WanBlock(nn.Module):
         k, v = ctx_kv
         return a.out(attention(q, k.to(q.dtype), v.to(q.dtype), backend=backend))
 
+    def forward_jvp(self, x, x_dot, e0, e0_dot, ctx_kv, rope, mask: Mask | None, N: int, f0: int):
+        """(x', ẋ') of ``forward``: primal on all tokens, tangent on the tokens of frames ≥ f0.
+        x_dot [B, L − f0·N, D]; e0_dot the modulation's tangent on those frames."""
+        Lp = f0 * N
+        mods = (fp32(self.modulation)[:, None] + e0).unbind(2)       # 6 × [B, Ft, D]
+        dmods = e0_dot.unbind(2)
+        shift1, scale1, g1, shift2, scale2, g2 = mods
+
+        def norm_mod(norm):
+            return lambda xs, sh, sc: modulate(norm(xs), sh, sc).type_as(xs)
+
+        def gate_jvp(x, x_dot, y, y_dot, g, g_dot):
+            return split_jvp(gate, (x, y), (x_dot, y_dot.type_as(y)), Lp, f0, (g,), (g_dot,))
+
+        # self-attention: q, k through their RMSNorm, then RoPE (linear: the tangent rotates alike)
+        a = self.self_attn
+        h, h_dot = split_jvp(norm_mod(self.norm1), (x,), (x_dot,), Lp, f0, (shift1, scale1), dmods[0:2])
+        q, q_dot = split_jvp(lambda u: a.norm_q(a.q(u)), (h,), (h_dot,), Lp)
+        k, k_dot = split_jvp(lambda u: a.norm_k(a.k(u)), (h,), (h_dot,), Lp)
+        v, v_dot = split_jvp(a.v, (h,), (h_dot,), Lp)
+        cos, sin = rope
+        rot = lambda u, c, s: apply_rope(a.heads(u), c, s).transpose(1, 2)  # noqa: E731
+        q, k, v = rot(q, cos, sin), rot(k, cos, sin), a.heads(v).transpose(1, 2)
+        # tangents in the primal's dtype (the kernel takes one dtype for all six operands)
+        q_dot = rot(q_dot, cos[Lp:], sin[Lp:]).to(q.dtype)
+        k_dot = rot(k_dot, cos[Lp:], sin[Lp:]).to(k.dtype)
+        v_dot = a.heads(v_dot).transpose(1, 2).to(v.dtype)
+        o, o_dot = attention_jvp(q, k, v, q_dot, k_dot, v_dot, mask, N, tangent_rows=Lp, tangent_keys=Lp)
+        y, y_dot = split_jvp(a.o, (o.transpose(1, 2).flatten(2),), (o_dot.transpose(1, 2).flatten(2),), Lp)
+        x, x_dot = gate_jvp(x, x_dot, y, y_dot, g1, dmods[2])
+
+        # cross-attention: the prompt's keys carry no tangent
+        c = self.cross_attn
+        h3, h3_dot = split_jvp(lambda xs: self.norm3(xs).type_as(xs), (x,), (x_dot,), Lp)
+        cq, cq_dot = split_jvp(lambda u: c.norm_q(c.q(u)), (h3,), (h3_dot,), Lp)
+        cq, cq_dot = c.heads(cq).transpose(1, 2), c.heads(cq_dot).transpose(1, 2).to(cq.dtype)
+        ck, cv = (z.to(cq.dtype) for z in ctx_kv)
+        empty = ck[:, :, :0]
+        co, co_dot = attention_jvp(cq, ck, cv, cq_dot, empty, empty, None, None, tangent_rows=Lp,
+                                   tangent_keys=ck.shape[2])
+        y, y_dot = split_jvp(c.o, (co.transpose(1, 2).flatten(2),), (co_dot.transpose(1, 2).flatten(2),), Lp)
+        x, x_dot = x + y, x_dot + y_dot.type_as(x_dot)
+
+        # feed-forward
+        h, h_dot = split_jvp(norm_mod(self.norm2), (x,), (x_dot,), Lp, f0, (shift2, scale2), dmods[3:5])
+        y, y_dot = split_jvp(self.ffn, (h,), (h_dot.type_as(h),), Lp)
+        return gate_jvp(x, x_dot, y, y_dot, g2, dmods[5])
+
 
 class Head(nn.Module):
     def __init__(self, cfg: WanConfig):
@@ -202,6 +132,12 @@ class Head(nn.Module):
         """x [B, L, D]; e [B, Ft, D] fp32 (the time embedding before the 6-way projection)."""
         shift, scale = (fp32(self.modulation)[:, None] + e[:, :, None]).unbind(2)
         return self.head(modulate(layer_norm(x, self.eps), shift, scale).type_as(x))
+
+    def forward_jvp(self, x, x_dot, e, e_dot, Lp: int, f0: int):
+        shift, scale = (fp32(self.modulation)[:, None] + e[:, :, None]).unbind(2)
+        dshift, dscale = e_dot[:, :, None].expand(-1, -1, 2, -1).unbind(2)
+        return split_jvp(lambda xs, sh, sc: self.head(modulate(layer_norm(xs, self.eps), sh, sc).type_as(xs)),
+                         (x,), (x_dot,), Lp, f0, (shift, scale), (dshift, dscale))
 
 
 class WanDiT(nn.Module):
@@ -218,6 +154,8 @@ class WanDiT(nn.Module):
             # MeanFlow's second time r enters through its own embedding, added to t's; zero-initialised
             # last layer so that the initial student equals the teacher (METHOD.md §4).
             self.r_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        if cfg.action_dim:
+            self.action_embedding = ActionEmbedding(cfg.action_dim, d)  # METHOD.md §7, zero-initialised
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
@@ -240,6 +178,8 @@ class WanDiT(nn.Module):
                     nn.init.normal_(m.weight, std=0.02)
         if self.cfg.dual_time:
             nn.init.zeros_(self.r_embedding[2].weight)
+        if self.cfg.action_dim:
+            self.action_embedding.reset_parameters()
         nn.init.zeros_(self.head.head.weight)
 
     @classmethod
@@ -251,9 +191,15 @@ class WanDiT(nn.Module):
         return load_wan(cls, state_dict, num_heads=num_heads, **overrides)
 
     # ----- embeddings ---------------------------------------------------------------------------
-    def time_embed(self, t: torch.Tensor, r: torch.Tensor | None = None):
-        """t [B] or [B, F] in [0, 1] -> e [B, Ft, D] and e0 [B, Ft, 6, D], fp32 (×1000 here only)."""
+    def time_embed(self, t: torch.Tensor, r: torch.Tensor | None = None, actions: Actions | None = None):
+        """t [B] or [B, F] in [0, 1] -> e [B, Ft, D] and e0 [B, Ft, 6, D], fp32 (×1000 here only); the
+        action embedding of each frame joins its time embedding before the AdaLN projection (§7)."""
+        if actions is not None and not self.cfg.action_dim:
+            raise ValueError("this model takes no actions (action_dim=0)")
         t2 = t[:, None] if t.ndim == 1 else t
+        if self.cfg.action_dim:
+            if actions is not None and actions.frames != t2.shape[1]:
+                t2 = t2.expand(-1, actions.frames)
         B, Ft = t2.shape
         wdtype = self.time_embedding[0].weight.dtype
         with torch.autocast(t.device.type, enabled=False):
@@ -267,6 +213,13 @@ class WanDiT(nn.Module):
                 s = sinusoidal_embedding(self.cfg.freq_dim, R_SCALE * (t2 - r2).reshape(-1))
                 e = e + self.r_embedding(s.to(wdtype))
             e = fp32(e).view(B, Ft, -1)
+            if self.cfg.action_dim:
+                if actions is None:  # no actions given: every frame "no action" (the unconditional input)
+                    actions = Actions(torch.zeros(B, Ft, self.cfg.action_dim, device=t.device),
+                                      torch.zeros(B, Ft, dtype=torch.bool, device=t.device))
+                if actions.frames != Ft:
+                    raise ValueError(f"actions cover {actions.frames} frames, the times {Ft}")
+                e = e + fp32(self.action_embedding(actions))
             e0 = fp32(self.time_projection(e.to(wdtype))).unflatten(-1, (6, -1))
         return e, e0
 
@@ -294,14 +247,24 @@ class WanDiT(nn.Module):
         h = h.view(B, f, hp, wp, pt, ph, pw, -1)
         return h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(B, -1, f * pt, hp * ph, wp * pw)
 
+    def rope(self, frame_pos: torch.Tensor, hp: int, wp: int, device):
+        """RoPE cos/sin tables, memoised per (positions, grid, device): built in fp64 on the CPU once."""
+        key = (tuple(frame_pos.tolist()), hp, wp, str(device))
+        if key not in self._rope_memo:
+            if len(self._rope_memo) >= 64:
+                self._rope_memo.clear()
+            self._rope_memo[key] = rope_tables(self._freqs, frame_pos, hp, wp, device)
+        return self._rope_memo[key]
+
     # ----- forward --------------------------------------------------------------------------------
     def forward(self, x, t, context, mask: Mask | None = None, cache: KVCache | None = None,
-                update_cache: bool = False, r: torch.Tensor | None = None, attn_backend: str = "auto"):
-        """v = v_θ(x, t, context).
+                update_cache: bool = False, r: torch.Tensor | None = None, actions: Actions | None = None,
+                attn_backend: str = "auto"):
+        """v = v_θ(x, t, context[, actions]).
 
         - ``mask=None, cache=None``: bidirectional.
-        - ``mask``: a frame mask (block-causal, teacher-forcing). For teacher forcing x holds
-          [clean T | noisy T] along the frame axis and t is [B, 2T].
+        - ``mask``: a frame mask (block-causal, teacher forcing). For teacher forcing x holds
+          [clean T | noisy T] along the frame axis and t is [B, 2T] (actions cover the 2T frames too).
         - ``cache``: streaming; x is the next block of frames, attending to the cached blocks and itself.
           ``update_cache=True`` appends this block's K/V (the context write), otherwise the cache is only read.
         """
@@ -312,29 +275,102 @@ class WanDiT(nn.Module):
         tokens, grid = self.patchify(x)
         nf, hp, wp = grid
         N = hp * wp
-        e, e0 = self.time_embed(t, r)
+        e, e0 = self.time_embed(t, r, actions)
 
+        view = None
         if cache is not None:
-            frame_pos = cache.begin(nf, write=update_cache)
-            ctx_kv = cache.cross if cache.cross[0] is not None else None
-            if ctx_kv is None:
-                ctx_kv = cache.cross = self.context_kv(context)
+            view = cache.view(nf, write=update_cache)
+            frame_pos = view.positions
+            if cache.cross is None:
+                cache.cross = self.context_kv(context)
+            ctx_kv = cache.cross
         else:
             frame_pos = mask.frame_positions(mask.video_frames(nf)) if mask is not None else torch.arange(nf)
             ctx_kv = self.context_kv(context)
         rope = self.rope(frame_pos, hp, wp, x.device)
 
         for i, blk in enumerate(self.blocks):
-            if cache is not None:
+            if view is not None:
                 def attend(q, k, v, i=i):
-                    return attention(q, *cache.keys_values(i, k, v), backend=attn_backend)
+                    return attention(q, *view.keys_values(i, k, v), backend=attn_backend)
             else:
                 def attend(q, k, v):
                     return attention(q, k, v, mask, N, backend=attn_backend)
             tokens = blk(tokens, e0, ctx_kv[i], rope, attend, attn_backend)
-        if cache is not None:
-            cache.end()
+        if view is not None:
+            view.commit()
         return self.unpatchify(self.head(tokens, e), grid)
+
+    def velocity(self, x, t, context, **kw):
+        """``forward`` with MeanFlow's r = 0 where the model takes r (dual_time): u(x, r = 0, t) is the average
+        velocity over [0, t], so x̂0 = x − t·u is the one-jump prediction every sampler and rollout uses."""
+        if self.cfg.dual_time and kw.get("r") is None:
+            kw["r"] = torch.zeros_like(t)
+        return self(x, t, context, **kw)
+
+    @torch.no_grad()
+    def forward_jvp(self, x, t, context, x_dot, t_dot, mask: Mask | None = None, tangent_from: int = 0,
+                    r=None, r_dot=None, actions: Actions | None = None):
+        """(v, v̇) along (x_dot, t_dot [, r_dot]); see the module docstring.
+
+        x [B, C, F, H, W]; t [B] or [B, F]; x_dot for frames [f0, F) ([B, C, F − f0, H, W]) or for all F frames
+        (then its first f0 frames must be zero by the caller's structure and v̇ comes back for all F frames,
+        zero before f0); t_dot like t, or [B, F − f0]. With r (MeanFlow's second time) pass r_dot too.
+        """
+        B, C, Fr, H, W = x.shape
+        f0 = tangent_from
+        full_tangent = x_dot.shape[2] == Fr
+        if full_tangent:
+            x_dot = x_dot[:, :, f0:]
+        if x_dot.shape[2] != Fr - f0:
+            raise ValueError(f"x_dot has {x_dot.shape[2]} frames; expected {Fr - f0} (frames {f0}..{Fr - 1}) or {Fr}")
+
+        # times: per frame whenever some frames carry no tangent
+        if f0 > 0 and t.ndim == 1:
+            t = t[:, None].repeat(1, Fr)
+        if t_dot.ndim == 1 and t.ndim == 2:
+            t_dot = t_dot[:, None].repeat(1, Fr - f0)
+        if t.ndim == 2 and t_dot.shape[1] == Fr - f0 and f0 > 0:
+            t_dot = torch.cat([torch.zeros(B, f0, dtype=t_dot.dtype, device=t_dot.device), t_dot], dim=1)
+        if r is not None:
+            r_dot = torch.zeros_like(r) if r_dot is None else r_dot
+            (e, e0), (de, de0) = jvp(lambda tt, rr: self.time_embed(tt, rr, actions), (t, r),
+                                     (t_dot.to(t.dtype), r_dot))
+        else:
+            (e, e0), (de, de0) = jvp(lambda tt: self.time_embed(tt, None, actions), (t,), (t_dot.to(t.dtype),))
+        de, de0 = _frames(de, f0), _frames(de0, f0)
+
+        # patch embedding: frames < f0 primal only, the rest with their tangent (a linear map: W·ẋ)
+        pe = self.patch_embedding
+        if f0 > 0:
+            y_p = pe(x[:, :, :f0])
+        y_s, y_dot = jvp(pe, (x[:, :, f0:],), (x_dot.to(x.dtype),))
+        grid = (Fr // self.cfg.patch_size[0], *y_s.shape[3:])
+        nf, hp, wp = grid
+        N = hp * wp
+        tokens = (torch.cat([y_p, y_s], dim=2) if f0 > 0 else y_s).flatten(2).transpose(1, 2).contiguous()
+        td = y_dot.flatten(2).transpose(1, 2)
+
+        frame_pos = mask.frame_positions(mask.video_frames(nf)) if mask is not None else torch.arange(nf)
+        rope = self.rope(frame_pos, hp, wp, x.device)
+        ctx_kv = self.context_kv(context)
+        for blk, kv in zip(self.blocks, ctx_kv):
+            tokens, td = blk.forward_jvp(tokens, td, e0, de0, kv, rope, mask, N, f0)
+        out, dout = self.head.forward_jvp(tokens, td, e, de, f0 * N, f0)
+
+        v = self.unpatchify(out, grid)
+        v_dot = self.unpatchify(dout, (nf - f0, hp, wp))
+        if full_tangent and f0 > 0:
+            v_dot = torch.cat([torch.zeros_like(v[:, :, :f0]), v_dot], dim=2)
+        return v, v_dot
+
+    # ----- streaming --------------------------------------------------------------------------------
+    def new_cache(self, frame_tokens: int, pattern, policy: KVPolicy = FULL, max_frames: int | None = None) -> KVCache:
+        return KVCache(self.cfg.num_layers, frame_tokens, pattern, policy, max_frames)
+
+    def frame_tokens(self, height: int, width: int) -> int:
+        _, ph, pw = self.cfg.patch_size
+        return (height // ph) * (width // pw)
 
     def use_fused_norm_rope(self, enabled: bool = True) -> "WanDiT":
         """Route q/k RMSNorm + RoPE through the fused Triton kernel when running on CUDA without gradients
@@ -344,26 +380,3 @@ class WanDiT(nn.Module):
         for blk in self.blocks:
             blk.self_attn.fused_norm_rope = enabled
         return self
-
-    def rope(self, frame_pos: torch.Tensor, hp: int, wp: int, device):
-        """RoPE cos/sin tables, memoised per (positions, grid, device): built in fp64 on the CPU once."""
-        key = (tuple(frame_pos.tolist()), hp, wp, str(device))
-        if key not in self._rope_memo:
-            if len(self._rope_memo) >= 64:
-                self._rope_memo.clear()
-            self._rope_memo[key] = rope_tables(self._freqs, frame_pos, hp, wp, device)
-        return self._rope_memo[key]
-
-    def forward_jvp(self, x, t, context, x_dot, t_dot, mask: Mask | None = None, tangent_from: int = 0,
-                    r=None, r_dot=None):
-        """(v, dv) along (x_dot, t_dot): the forward-mode pass (models/jvp.py), under no_grad."""
-        from .jvp import forward_jvp
-
-        return forward_jvp(self, x, t, context, x_dot, t_dot, mask, tangent_from, r, r_dot)
-
-    def new_cache(self, max_frames: int, frame_tokens: int, pattern=None, window=None, sink=0) -> KVCache:
-        return KVCache(self.cfg.num_layers, frame_tokens, max_frames, pattern, window, sink)
-
-    def frame_tokens(self, height: int, width: int) -> int:
-        _, ph, pw = self.cfg.patch_size
-        return (height // ph) * (width // pw)

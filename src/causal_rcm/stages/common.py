@@ -1,4 +1,4 @@
-"""What every stage shares: the world, teacher sampling and evaluation configs, and starting a run."""
+"""What every stage shares: the evaluation settings, starting a run, and loading the bundles a stage needs."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,45 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import blobworld
-
-WORLDS = ("blobworld",)
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    name: str = "blobworld"
-    variant: str = "t2v"
-    size: int = 32
-    frames: int = 21
-
-    def __post_init__(self):
-        if self.name not in WORLDS:
-            raise ValueError(f"unknown world {self.name!r}; built-in worlds: {WORLDS}")
-        if self.variant not in blobworld.VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {blobworld.VARIANTS}")
-
-    def prompts(self) -> tuple[str, ...]:
-        return blobworld.T2V_PROMPTS if self.variant == "t2v" else blobworld.AGENT_PROMPTS
-
-    def sample(self, n: int, seed: int, prompts=None, start: int = 0) -> dict:
-        return blobworld.sample_worlds(n, seed, size=self.size, frames=self.frames, variant=self.variant,
-                                       prompts=prompts, start=start)
-
-    def eval_prompts(self, k: int) -> list[str]:
-        """k prompts spread evenly over the world's list (so 1-, 2- and 3-ball prompts all appear)."""
-        ps = self.prompts()
-        k = min(k, len(ps))
-        return [ps[(i * len(ps)) // k] for i in range(k)]
-
-
-@dataclass(frozen=True)
-class SampleConfig:
-    """Teacher sampling: Euler on the PF-ODE with a shifted grid and CFG (METHOD.md §6)."""
-
-    steps: int = 50
-    cfg: float = 3.0
-    shift: float = 3.0
+from ..io import check_dir_writable, write_json
+from ..stream.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -57,6 +20,12 @@ class EvalConfig:
     per_prompt: int = 16
     seed: int = 1234
     batch: int = 256
+
+    def __post_init__(self):
+        for name in ("prompts", "per_prompt", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"eval.{name} must be an integer >= 1, got {v!r}")
 
 
 def config_dict(cfg) -> dict:
@@ -70,10 +39,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def begin_run(stage: str, cfg, run_dir: str | Path, seed: int) -> Path:
-    """Create the run folder, write its resolved config.json, seed every generator."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"stage": stage, **config_dict(cfg)}, indent=2))
+def begin_run(stage: str, cfg, run_dir: str | Path, seed: int, world_size: int = 1, is_main: bool = True) -> dict:
+    """Check the run folder can be written, write its resolved config.json (with the world size), seed every
+    generator; returns the resolved config (what a resumed run must match)."""
+    run_dir = check_dir_writable(run_dir, "run folder")
+    resolved = {"stage": stage, **config_dict(cfg), "world_size": world_size}
+    if is_main:
+        write_json(run_dir / "config.json", resolved)
     seed_everything(seed)
-    return run_dir
+    return {k: v for k, v in resolved.items() if k != "world_size"}
+
+
+def load_bundle_for(path: str, what: str, device, trainable: bool = False) -> Bundle:
+    """A bundle the stage's config names (``what=path``), with a message naming the key when it is missing."""
+    if not path:
+        raise ValueError(f"this stage needs {what}= (a bundle path)")
+    return Bundle.load(path, device=device, trainable=trainable)

@@ -12,6 +12,8 @@
 Each stage writes RUN/<name>/ (name defaults to the stage) and hands its outputs (bundle path, data or run
 folder) to later stages: ``inputs`` maps a config key to an earlier stage's name. A stage whose output
 already exists is skipped, so a killed recipe resumes where it was (and stages resume from checkpoints).
+Built-in recipes ship with the package (``causal_rcm/recipes/*.yaml``): ``causal-rcm run blob-tiny`` finds
+them by name, a path to a YAML file works too.
 """
 from __future__ import annotations
 
@@ -24,15 +26,32 @@ import yaml
 from .common import EvalConfig
 from .report import report, score_bundle, score_data
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
 RECIPE_KEYS = {"name", "out", "stages", "report"}
 STAGE_KEYS = {"stage", "name", "preset", "overrides", "inputs"}
 
 
+def builtin_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: a path, or the name of a built-in recipe (``blob-tiny``, ``blob-s``, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if (RECIPES / f"{name_or_path}.yaml").is_file():
+        return RECIPES / f"{name_or_path}.yaml"
+    raise FileNotFoundError(f"no recipe at {path}; built-in recipes: {', '.join(builtin_recipes())}")
+
+
 def load_recipe(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no recipe at {path}")
-    recipe = yaml.safe_load(path.read_text())
+    path = recipe_path(path)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(recipe, dict) or "stages" not in recipe:
         raise ValueError(f"{path}: a recipe is a mapping with a 'stages' list")
     unknown = set(recipe) - RECIPE_KEYS
@@ -106,13 +125,13 @@ STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, **{m: _student for m in S
 
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:
     """Run every stage, score every bundle against the data row, write RUN/report.md."""
-    out, recipe, scored, run_dirs = run_stages(path, out, device)
-    return report(out, f"Recipe {recipe['name']}", scored, run_dirs,
+    out, recipe, scored, run_dirs, world = run_stages(path, out, device)
+    return report(out, f"Recipe {recipe['name']}", scored, run_dirs, world,
                   intro=f"Recipe file: `{Path(path).as_posix()}`; run folder: `{out.as_posix()}`.")
 
 
 def run_stages(path: str | Path, out: str | Path | None = None, device=None):
-    """Run the recipe's stages and score their bundles; returns (out, recipe, scored rows, run folders)."""
+    """Run the recipe's stages and score their bundles; returns (out, recipe, scored rows, run folders, world)."""
     recipe = load_recipe(path)
     out = Path(out or recipe.get("out") or f"runs/{recipe['name']}")
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +141,10 @@ def run_stages(path: str | Path, out: str | Path | None = None, device=None):
         name = st.get("name", st["stage"])
         print(f"== stage {name} ({st['stage']}) -> {out / name}", flush=True)
         outputs[name] = STAGE_RUNNERS[st["stage"]](st, out / name, outputs, device)
-    ev = dataclasses.replace(EvalConfig(), **(recipe.get("report") or {}))
+    try:
+        ev = dataclasses.replace(EvalConfig(), **(recipe.get("report") or {}))
+    except TypeError as e:
+        raise ValueError(f"recipe 'report' settings: {e}; valid: prompts, per_prompt, seed, batch") from None
     scored = []
     for name, o in outputs.items():
         if "bundle" in o:
@@ -131,4 +153,4 @@ def run_stages(path: str | Path, out: str | Path | None = None, device=None):
     world = next(o["world"] for o in outputs.values() if "world" in o)
     scored = [score_data(world, ev)] + scored
     run_dirs = {name: o["run_dir"] for name, o in outputs.items() if "run_dir" in o}
-    return out, recipe, scored, run_dirs
+    return out, recipe, scored, run_dirs, world

@@ -1,4 +1,10 @@
-"""Scoring bundles on the world's metrics and writing a run's report.md (table, curves, sample strips)."""
+"""Scoring bundles on their world's metrics and writing a run's report.md (table, curves, sample strips).
+
+The evaluation layout: ``ev.prompts`` prompts spread over the world's list, ``ev.per_prompt`` samples each,
+model noise from ``ev.seed``; the "data" row renders the same prompts from ``ev.seed + 1``. A world model
+is driven by that data row's actions (and, for worlds scored against ground truth, starts from its first
+block of frames), so its scores compare the same actions frame by frame.
+"""
 from __future__ import annotations
 
 import time
@@ -7,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.blobworld import save_samples
 from ..eval.media import write_media
-from ..eval.metrics import evaluate
 from ..eval.report import image, metrics_table, plot_curves, plot_eval_curves, write_report
-from ..generate import Generator
-from .common import EvalConfig, WorldConfig
+from ..stream.bundle import Bundle
+from ..stream.sample import sample_videos
+from ..worlds.base import WorldConfig
+from ..worlds.registry import make_world
+from ..worlds.samples import save_samples
+from .common import EvalConfig
 
 
 @dataclass
@@ -24,60 +32,88 @@ class Scored:
     seconds: float
     note: str = ""
     latency: dict | None = None  # streaming one video: ms per frame, ms to the first frame
+    actions: np.ndarray | None = None
 
 
-def eval_prompts(world: WorldConfig, ev: EvalConfig) -> list[str]:
-    return [p for p in world.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
+def eval_data(world: WorldConfig, ev: EvalConfig) -> dict:
+    """The evaluation set: prompts in the evaluation layout, rendered from ``ev.seed + 1`` (with actions)."""
+    w = make_world(world)
+    prompts = [p for p in w.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
+    return w.sample(len(prompts), seed=ev.seed + 1, prompts=prompts if w.prompts() else None)
 
 
-def evaluate_generator(gen: Generator, ev: EvalConfig, **sampling) -> dict:
-    """World metrics of the generator's samples in the evaluation layout (no timing, no files)."""
-    prompts = eval_prompts(gen.world, ev)
-    return evaluate(gen.sample(prompts, seed=ev.seed, batch=ev.batch, show_progress=False, **sampling), prompts)
+def _model_samples(bundle: Bundle, ev: EvalConfig, data: dict, show_progress: bool, sampling=None,
+                   timings=None) -> tuple[dict, int]:
+    """(the model's sample dict in the evaluation layout, the number of given context frames)."""
+    starts = bundle.causal and getattr(make_world(bundle.world), "starts_from_frames", False)
+    context = bundle.first_block_frames if starts else 0
+    videos = sample_videos(bundle, data["prompts"], seed=ev.seed, sampling=sampling, batch=ev.batch,
+                           actions=data.get("actions"), start_frames=data["videos"] if starts else None,
+                           show_progress=show_progress, timings=timings)
+    return {**data, "videos": videos, "truth": data["videos"]}, context
 
 
-def score_data(world: WorldConfig, ev: EvalConfig) -> Scored:
-    """The "data" row: freshly rendered videos with the same prompts as the models get."""
-    prompts = eval_prompts(world, ev)
+def evaluate_bundle(bundle: Bundle, ev: EvalConfig, **sampling) -> dict:
+    """World metrics of the bundle's samples in the evaluation layout (no timing, no files)."""
+    world = make_world(bundle.world_or_raise())
+    samples, context = _model_samples(bundle, ev, eval_data(bundle.world, ev), False, sampling.get("sampling"))
+    return world.metrics(samples, context)
+
+
+def score_data(world: WorldConfig, ev: EvalConfig, intervals: bool = True) -> Scored:
+    """The "data" row: freshly rendered videos with the same prompts (and actions) as the models get."""
     t0 = time.time()
-    s = world.sample(len(prompts), seed=ev.seed + 1, prompts=prompts)
-    return Scored("data (rendered)", evaluate(s["videos"], prompts), s["videos"], prompts, time.time() - t0)
+    s = eval_data(world, ev)
+    w = make_world(world)
+    scores = w.intervals({**s, "truth": s["videos"]}) if intervals else w.metrics({**s, "truth": s["videos"]})
+    return Scored("data (rendered)", scores, s["videos"], s["prompts"], time.time() - t0, actions=s.get("actions"))
 
 
-def score_bundle(name: str, bundle: str | Path | Generator, ev: EvalConfig, device=None, **sampling) -> Scored:
-    gen = bundle if isinstance(bundle, Generator) else Generator.load(bundle, device=device)
-    prompts = eval_prompts(gen.world, ev)
+def score_bundle(name: str, bundle: str | Path | Bundle, ev: EvalConfig, device=None, sampling=None,
+                 intervals: bool = True) -> Scored:
+    """Sample the evaluation set, score it (95 % bootstrap intervals over videos) and time one streamed video."""
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle, device=device)
+    world = make_world(b.world_or_raise())
+    data = eval_data(b.world, ev)
     t0 = time.time()
-    videos = gen.sample(prompts, seed=ev.seed, batch=ev.batch, **sampling)
+    samples, context = _model_samples(b, ev, data, True, sampling)
     seconds = time.time() - t0
-    desc = ", ".join(f"{k}={v}" for k, v in {**gen.sampling, **{k: v for k, v in sampling.items() if v}}.items()
+    scores = world.intervals(samples, context) if intervals else world.metrics(samples, context)
+    sp = sampling or b.sampling
+    desc = ", ".join(f"{k}={v}" for k, v in vars(sp).items()
                      if k in ("pattern", "steps_first", "steps", "cfg", "shift", "context"))
-    return Scored(name, evaluate(videos, prompts), videos, prompts, seconds, desc, stream_latency(gen, **sampling))
+    return Scored(name, scores, samples["videos"], data["prompts"], seconds, desc, stream_latency(b, ev, sampling),
+                  data.get("actions"))
 
 
-def stream_latency(gen: Generator, repeats: int = 2, **sampling) -> dict:
+def stream_latency(bundle: Bundle, ev: EvalConfig, sampling=None, repeats: int = 2) -> dict:
     """One video at a time, as a player would get it: ms per frame and ms until the first frame is ready
     (a causal model hands over its first block; a bidirectional one has every frame at the end)."""
+    one = EvalConfig(prompts=1, per_prompt=1, seed=0, batch=1)
+    data = eval_data(bundle.world, one)
     best = None
     for _ in range(repeats):  # the first call also pays one-off costs (allocation, caches)
         blocks: list = []
         t0 = time.perf_counter()
-        gen.sample([gen.world.prompts()[0]], seed=0, batch=1, show_progress=False, timings=blocks, **sampling)
+        _model_samples(bundle, one, data, False, sampling, timings=blocks)
         total = time.perf_counter() - t0
         first = blocks[0][0] if blocks else total
         if best is None or total < best[0]:
             best = (total, first)
-    return {"ms/frame": 1000 * best[0] / gen.world.frames, "first frame ms": 1000 * best[1]}
+    return {"ms/frame": 1000 * best[0] / bundle.world.frames, "first frame ms": 1000 * best[1]}
 
 
-def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], intro: str = "") -> Path:
+def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig,
+           intro: str = "") -> Path:
     """out/report.md with the metrics table, training curves, and a sample strip + GIF per row."""
-    sections = report_sections(out, scored, run_dirs, root=out)
+    sections = report_sections(out, scored, run_dirs, world, root=out)
     return write_report(out / "report.md", title, ([("About", intro)] if intro else []) + sections)
 
 
-def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], root: Path) -> list[tuple[str, str]]:
+def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig,
+                    root: Path) -> list[tuple[str, str]]:
     """The report's sections; figures and samples are written under ``out``, linked relative to ``root``."""
+    w = make_world(world)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     rows = []
     for s in scored:
@@ -85,20 +121,22 @@ def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], 
         rows.append({"name": s.name, **s.metrics, "samples": n, "sec/video": s.seconds / max(n, 1),
                      **(s.latency or {}), "sampling": s.note})
     cols = ("samples", "sec/video", "ms/frame", "first frame ms", "sampling")
-    sections = [("Metrics (Blobworld spec §4)", metrics_table(rows, extra_cols=cols)
-                 + "\n\nEntropies need ≥ 16 samples per prompt; 'n/a' where there are fewer. sec/video: batched "
-                 "sampling of the evaluation set; ms/frame and first frame ms: one video streamed alone "
-                 "(a bidirectional model has every frame only at the end).")]
+    sections = [(f"Metrics ({world.name} {world.variant})", metrics_table(rows, w.higher_is_better, extra_cols=cols)
+                 + "\n\nValues with a 95 % bootstrap interval over videos (resampled within each prompt). Entropies "
+                 "need ≥ 16 samples per prompt; 'n/a' where there are fewer. sec/video: batched sampling of the "
+                 "evaluation set; ms/frame and first frame ms: one video streamed alone (a bidirectional model "
+                 "has every frame only at the end).")]
     curves = plot_curves(run_dirs, out / "plots" / "loss.png") if run_dirs else None
     if curves:
         sections.append(("Training curves", image(curves.relative_to(root), "training loss per stage")))
-    evals = plot_eval_curves(run_dirs, out / "plots" / "eval.png") if run_dirs else None
+    evals = plot_eval_curves(run_dirs, out / "plots" / "eval.png", w.higher_is_better,
+                             w.curve_metrics) if run_dirs else None
     if evals:
         sections.append(("Evaluations during training", image(evals.relative_to(root), "world metrics vs step")))
     samples = []
     for s in scored:
         slug = "".join(c if c.isalnum() else "_" for c in s.name).strip("_")
-        save_samples(out / "samples" / f"{slug}.npz", s.videos, s.prompts)
+        save_samples(out / "samples" / f"{slug}.npz", s.videos, s.prompts, s.actions)
         media = write_media(s.videos[:32], out / "samples" / slug)
         png = next(m for m in media if m.suffix == ".png")
         gif = next(m for m in media if m.suffix == ".gif")

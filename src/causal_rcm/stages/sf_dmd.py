@@ -1,14 +1,16 @@
 """Stage 3: self-forcing DMD (METHOD.md §5): on-policy refinement of a few-step causal student.
 
     causal-rcm train sf_dmd --preset blob-s init=RUN/tf_scm/model.safetensors \\
-        teacher=RUN/teacher/teacher.safetensors --out RUN/sf_dmd
+        teacher=RUN/teacher/teacher.safetensors data=RUN/synth --out RUN/sf_dmd
 
 Each training step is ``critic_ratio`` critic updates (flow matching on no-grad rollouts) followed by one
 generator update (DMD on a rollout with gradient through each block's last step; replayed block by block
-when ``replay``), and an EMA update of the generator. ``joint`` adds the TF-sCM loss on a synthetic batch
-to the generator step (the rCM regulariser; needs ``data`` and ``tf_teacher``). The real score is the
-bidirectional teacher with CFG ``w_real``; the critic starts from the same teacher. Prompts are the
-world's; no data is needed otherwise.
+when ``replay``), and an EMA update of the generator. The real score is the bidirectional teacher with the
+CFG scale the synthetic data were drawn with (read from ``data``'s manifest, else the teacher bundle's own
+sampling: one constant, never a second one); the critic starts from the same teacher. ``joint`` adds the
+TF-sCM loss (``objectives/tf_methods``, with this run's ``objective`` and the generator's own chunk pattern)
+on a synthetic batch to the generator step (the rCM regulariser; needs ``data`` and ``tf_teacher``). World
+models roll out under the world's behaviour-policy actions, which both scores see.
 """
 from __future__ import annotations
 
@@ -19,43 +21,55 @@ from pathlib import Path
 import torch
 
 from ..config import apply_overrides
-from ..data.blobworld import to_model
-from ..flow import sample_t_logit_normal, sample_t_shifted
-from ..generate import Generator
-from ..models.masks import ChunkPattern
+from ..flow import shift
+from ..masks import ChunkPattern
+from ..models.conditioning import encode_actions, frame_action_ids
 from ..objectives import tf as obj
 from ..objectives.dmd import critic_loss, dmd_loss, dmd_target
-from ..stream.engine import FewStep, Noise
-from ..stream.rollout import replay_blocks, rollout
-from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig, begin_run
-from .report import evaluate_generator
+from ..objectives.self_forcing import replay_blocks, rollout
+from ..objectives.tf_methods import METHODS, Nets, Objective, StepInfo
+from ..runtime import autocast_for, resolve_device, set_matmul_precision
+from ..seeding import CRITIC, GENERATOR, JOINT, SampleRandom, derive, local_ids
+from ..stream.bundle import Bundle
+from ..stream.engine import Noise
+from ..stream.sampling import Euler, FewStep
+from ..train import distributed as D
+from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, make_ema, run_loop
+from ..worlds.registry import make_world
+from .common import EvalConfig, begin_run, load_bundle_for
+from .report import evaluate_bundle
+from .tf import TFData
 
 
 @dataclass(frozen=True)
 class DMDConfig:
     init: str = ""            # the generator's starting bundle (a TF-CM student, a causal teacher, ...)
     teacher: str = ""         # the bidirectional teacher: real score, and the critic's initialisation
+    data: str = ""            # the synthetic dataset: its CFG scale is the real score's; joint mode's batches
     pattern: str = ""         # "" = the init bundle's pattern
     steps_first: int = 4
     steps: int = 2
-    context: str = "clean"
-    w_real: float = 5.0
+    context: str = ""         # "" = the init bundle's (clean | noisy)
+    w_real: float = 0.0       # > 0 overrides the CFG scale read from data / the teacher (an ablation)
     t_shift: float = 5.0      # t_D = shift(U; 5)
     critic_ratio: int = 5
     lr_critic: float = 1e-4
     replay: bool = True
     joint: bool = False       # + TF-sCM on synthetic data in the generator step
     joint_weight: float = 1.0
-    data: str = ""
     tf_teacher: str = ""
+    objective: Objective = field(default_factory=Objective)  # joint mode's TF-sCM settings
     train: TrainConfig = field(default_factory=lambda: TrainConfig(betas=(0.0, 0.999), weight_decay=0.0,
                                                                    ema_sigma_rel=0.1))
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def __post_init__(self):
+        if self.critic_ratio < 1:
+            raise ValueError(f"critic_ratio must be >= 1, got {self.critic_ratio}")
+
 
 def dmd_preset(name: str) -> DMDConfig:
-    base = TrainConfig(betas=(0.0, 0.999), weight_decay=0.0, ema_sigma_rel=0.1, grad_clip=10.0)
+    base = TrainConfig(betas=(0.0, 0.999), weight_decay=0.0, ema_sigma_rel=0.1)
     if name == "blob-s":
         return DMDConfig(train=dataclasses.replace(base, steps=600, batch=32, lr=2e-5, warmup=20, ckpt_every=100,
                                                    eval_every=200, num_workers=0))
@@ -70,75 +84,99 @@ def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
     return apply_overrides(dmd_preset(preset_name), overrides)
 
 
+def real_cfg(cfg: DMDConfig, teacher: Bundle) -> float:
+    """The real score's CFG scale: the synthetic data's (the distribution DMD matches), else the teacher's."""
+    if cfg.w_real > 0:
+        return cfg.w_real
+    if cfg.data:
+        from ..data.synthetic import load_manifest
+
+        return float(load_manifest(cfg.data)["config"]["sampling"]["cfg"])
+    return float(teacher.sampling.cfg)
+
+
 def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None) -> Path:
     if not cfg.init or not cfg.teacher:
         raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the bidirectional teacher)")
     tc = cfg.train
-    run_dir = begin_run("sf_dmd", cfg, run_dir, tc.seed)
-    dev, autocast = device_and_autocast(tc.precision, device)
-    src, real = Generator.load(cfg.init, device="cpu"), Generator.load(cfg.teacher, device="cpu")
-    if real.sampling.get("method", "euler") != "euler":
-        raise ValueError(f"teacher= must be a bidirectional teacher bundle, got {real.sampling.get('method')}")
-    pattern = ChunkPattern.parse(cfg.pattern or src.sampling.get("pattern", "c3-3"))
-    world, text = src.world, src.text_encoder.to(dev)
-    gen_net = src.net.to(dev).train().requires_grad_(True)
-    real_net = real.net.to(dev)
-    critic = Generator.load(cfg.teacher, device="cpu").net.to(dev).train().requires_grad_(True)
+    dev = D.init_from_env(resolve_device(device))
+    set_matmul_precision(dev)
+    resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
+    src = load_bundle_for(cfg.init, "init", dev, trainable=True)
+    real = load_bundle_for(cfg.teacher, "teacher", dev)
+    if not isinstance(real.sampling, Euler):
+        raise ValueError(f"teacher= must be a bidirectional teacher bundle, got sampling {real.sampling.method!r}")
+    if not src.causal:
+        raise ValueError("init= must be a causal model (a causal teacher or a few-step student)")
+    w_real = real_cfg(cfg, real)
+    init_sp = src.sampling
+    how = FewStep(cfg.pattern or init_sp.pattern, cfg.steps_first, cfg.steps,
+                  context=cfg.context or getattr(init_sp, "context", "clean"),
+                  t_ctx=getattr(init_sp, "t_ctx", 5 / 8), ctx_start=getattr(init_sp, "ctx_start", 1))
+    pattern = ChunkPattern.parse(how.pattern)
+    world, text = src.world_or_raise(), src.text_encoder
+    w = make_world(world)
+    gen_net = src.net.train().requires_grad_(True)
+    real_net = real.net
+    critic = load_bundle_for(cfg.teacher, "teacher", dev, trainable=True).net
     ema = make_ema(gen_net, tc)
     gen_opt = Stepper(gen_net.parameters(), tc)
     critic_opt = Stepper(critic.parameters(), tc, lr=cfg.lr_critic)
-    how = FewStep(cfg.steps_first, cfg.steps, context=cfg.context)
-    shape = (gen_net.cfg.in_dim, world.frames, world.size, world.size)
-    prompts_all = world.prompts()
-    g = torch.Generator(device=dev)
-    joint = _joint_setup(cfg, dev) if cfg.joint else None
+    shape = src.latent_shape
+    prompts_all = w.prompts() or ("",)
+    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    n_actions = gen_net.cfg.action_dim
+    joint = _joint_setup(cfg, src, pattern, dev, ids) if cfg.joint else None
 
-    def real_fn(x, t, c):
-        return real_net(x, t, c)
+    def real_fn(x, t, c, actions=None):
+        return real_net(x, t, c, actions=actions)
 
-    def fake_fn(x, t, c):
-        return critic(x, t, c)
+    def fake_fn(x, t, c, actions=None):
+        return critic(x, t, c, actions=actions)
 
-    def draw_batch(step: int, sub: int):
-        g.manual_seed((tc.seed * 1_000_003 + step) * 16 + sub)
-        idx = torch.randint(0, len(prompts_all), (tc.batch,), generator=g, device=dev).tolist()
+    def draw(step: int, tag: int, sub: int):
+        """One rollout batch: prompts, contexts, per-sample noise, actions, and the DMD/critic draws."""
+        rng = SampleRandom(tc.seed, tag, step * 64 + sub, ids, dev)
+        idx = rng.randint(len(prompts_all)).tolist()
         prompts = [prompts_all[i] for i in idx]
-        with torch.no_grad():
-            ctx, ctx_u = text.encode(prompts), text.encode([""] * len(prompts))
-        ids = [(step * 16 + sub) * tc.batch + j for j in range(tc.batch)]
-        return ctx, ctx_u, Noise(tc.seed, ids, dev)
-
-    def t_and_eps(like):
-        return (sample_t_shifted(like.shape[0], cfg.t_shift, g, dev),
-                torch.randn(like.shape, generator=g, device=dev))
+        ctx, ctx_u = src.contexts(prompts)
+        noise = Noise(tc.seed, [derive(tag, step, sub, j) for j in ids], dev)
+        actions = None
+        if n_actions:  # the world's behaviour policy: the same distribution the data follow
+            a = w.behaviour_actions([derive(tc.seed, tag, step, sub, j) for j in ids])
+            actions = encode_actions(frame_action_ids(a, shape[1]), n_actions, dev)
+        t_D = shift(rng.rand(), cfg.t_shift)
+        eps = rng.randn(*shape)
+        return ctx, ctx_u, noise, actions, t_D, eps
 
     def step_fn(step: int) -> dict:
         m: dict[str, float] = {}
         for k in range(cfg.critic_ratio):
-            ctx, _, noise = draw_batch(step, 1 + k)
-            with torch.no_grad(), autocast():
-                G = rollout(gen_net, ctx, noise, shape, pattern, how, step * cfg.critic_ratio + k, replay=True).video
-            t_D, eps = t_and_eps(G)
-            with autocast():
-                loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx)
+            ctx, _, noise, actions, t_D, eps = draw(step, CRITIC, k)
+            with torch.no_grad(), autocast_for(dev, tc.precision):
+                G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
+                            actions=actions).video
+            with autocast_for(dev, tc.precision):
+                loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions)
             mc.update({f"critic_{n}": v for n, v in critic_opt.step(loss_c, step).items()})
             for n, v in mc.items():
                 m[n] = m.get(n, 0.0) + float(v) / cfg.critic_ratio
         # generator: rollout, DMD target on the whole video, gradients (replayed block by block or plain)
-        ctx, ctx_u, noise = draw_batch(step, 0)
-        with autocast():
+        ctx, ctx_u, noise, actions, t_D, eps = draw(step, GENERATOR, 0)
+        with autocast_for(dev, tc.precision):
             with torch.set_grad_enabled(not cfg.replay):
-                ro = rollout(gen_net, ctx, noise, shape, pattern, how, step, replay=cfg.replay)
-            t_D, eps = t_and_eps(ro.video)
-            target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, cfg.w_real)
+                ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions)
+            target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
             if cfg.replay:
-                dmd_value = replay_blocks(gen_net, ctx, ro, pattern, target, lambda x0, tb: dmd_loss(x0.float(), tb))
+                dmd_value = replay_blocks(gen_net, ctx, ro, pattern, target,
+                                          lambda x0, tb: dmd_loss(x0.float(), tb), actions)
             else:
                 loss = dmd_loss(ro.video.float(), target)
                 loss.backward()
                 dmd_value = loss.detach()
             if joint is not None:
-                loss_j, mj = joint(gen_net, text, step)
+                loss_j, mj = joint(gen_net, step)
                 (cfg.joint_weight * loss_j).backward()
                 md["joint_scm_loss"] = mj["loss"]
         if not torch.isfinite(dmd_value):
@@ -150,45 +188,38 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         m["loss"] = float(dmd_value)
         return m
 
-    sampling = dict(method="few_step", pattern=pattern.name, steps_first=cfg.steps_first, steps=cfg.steps,
-                    context=cfg.context)
-
-    def ema_generator() -> Generator:
-        return Generator.from_modules(ema.model, text, world, sampling, "student")
+    def ema_bundle() -> Bundle:
+        return Bundle(ema.model, text, how, world, "student", src.codec_config)
 
     def evaluate(step: int) -> dict:
-        return evaluate_generator(ema_generator(), cfg.eval)
+        return evaluate_bundle(ema_bundle(), cfg.eval)
 
     def on_resume(step: int, extra: dict) -> None:
         gen_opt.on_resume(step, extra, "gen")
         critic_opt.on_resume(step, extra, "critic")
 
     run_loop(tc, run_dir, step_fn, {"generator": gen_net, "critic": critic, "ema": ema},
-             {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluate, "sf_dmd", on_resume)
-    return ema_generator().save(run_dir / "model.safetensors", method="sf_dmd")
+             {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluate, "sf_dmd", on_resume, resolved, D.is_main(),
+             D.mean_over_ranks)
+    path = run_dir / "model.safetensors"
+    if D.is_main():
+        ema_bundle().save(path, method="sf_dmd", w_real=w_real)
+    return path
 
 
-def _joint_setup(cfg: DMDConfig, dev):
-    """The TF-sCM regulariser of joint mode: a closure computing its loss on a synthetic batch."""
-    from ..data.synthetic import read_synthetic
-
+def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, ids):
+    """Joint mode's regulariser: the TF-sCM recipe (this run's objective, the generator's pattern) on a
+    synthetic batch; a closure ``loss_at(net, step)``."""
     if not cfg.data or not cfg.tf_teacher:
         raise ValueError("joint mode needs data= (a synthetic dataset) and tf_teacher= (the causal teacher)")
-    data = read_synthetic(cfg.data)
-    tf_teacher = Generator.load(cfg.tf_teacher, device="cpu").net.to(dev)
-    pattern = ChunkPattern.parse(cfg.pattern or "c3-3")
-    g = torch.Generator(device=dev)
+    data = TFData(cfg.data, src, False, cfg.train.seed, dev)
+    tf_teacher = load_bundle_for(cfg.tf_teacher, "tf_teacher", dev).net
+    recipe = METHODS["tf_scm"]
 
-    def loss_at(net, text, step):
-        g.manual_seed(cfg.train.seed * 7_000_003 + step)
-        idx = torch.randint(0, len(data["videos"]), (cfg.train.batch,), generator=g, device=dev).cpu()
-        x0 = to_model(data["videos"][idx.numpy()]).to(dev)
-        eps = torch.randn(x0.shape, generator=g, device=dev)
-        with torch.no_grad():
-            ctx = text.encode([data["prompts"][i] for i in idx.tolist()])
-            ctx_u = text.encode([""] * len(idx))
-        t = sample_t_logit_normal(x0.shape[0], -0.8, 1.6, g, dev)
+    def loss_at(net, step):
+        b, rng = data.batch(step, ids, tag=JOINT)
         v_fn, jvp_fn = obj.net_fns(net)
-        return obj.tf_scm_loss(v_fn, jvp_fn, obj.net_fns(tf_teacher)[0], x0, eps, t, ctx, ctx_u, pattern, 1.0)
+        return recipe.loss(Nets(v_fn, jvp_fn, obj.net_fns(tf_teacher)[0]), b, rng, cfg.objective, pattern,
+                           StepInfo(step, cfg.train.steps))
 
     return loss_at

@@ -3,19 +3,36 @@
     causal-rcm synth --teacher BUNDLE --n N --seed S --out DIR [--steps K] [--cfg W] [--shift S]
                      [--shard-size 256] [--batch 64] [--prompts FILE] [--ode-times 0.9994,0.9375,0.8333,0.625]
 
-Writes DIR/config.json (the resolved settings), DIR/manifest.json and DIR/shard_*.npz
-(``data/synthetic.py``). A killed run continues when rerun with the same arguments.
+Sample i is the teacher's Euler+CFG sample (§6) from noise ε_i drawn from (seed, i): index i of
+``sample_videos(bundle, prompts, seed)`` over the same prompts, whatever the batch. A world model's sample i
+follows the world's own action sequence i (its behaviour policy, seed s). The ODE snapshots are the states
+of that same Euler trajectory at the grid points nearest to the requested times (``flow.euler_sample``),
+what the ODE-init baseline (§4) regresses from; METHOD.md's trajectories use 48 Euler steps.
+Writes DIR/config.json (the resolved settings), DIR/manifest.json and DIR/shard_*.npz (``data/synthetic.py``).
+A killed run continues when rerun with the same arguments.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
-from ..data.synthetic import MANIFEST, check_ode_times, check_prompts, euler_sampling, write_synthetic
-from ..generate import Generator
+import numpy as np
+import torch
 
+from ..data.synthetic import MANIFEST, check_ode_times, write_synthetic
+from ..flow import euler_sample
+from ..io import write_json
+from ..runtime import autocast_for
+from ..stream.bundle import Bundle
+from ..stream.codec import to_uint8
+from ..stream.sample import euler_batch, video_actions
+from ..stream.sampling import Euler, to_dict, with_overrides
+from ..worlds.registry import make_world
+
+_PROMPT_ORDER_TAG = 0x5E7  # keeps the prompt-order stream apart from the noise streams drawn from the seed
 ODE_INIT_TIMES = (0.9994, 0.9375, 0.8333, 0.625)  # the student's sampling times t0, 15/16, 5/6, 5/8 (§6)
 
 
@@ -42,6 +59,26 @@ def synth_preset(name: str) -> SynthConfig:
     raise ValueError(f"unknown synth preset {name!r}; choose blob-s or blob-tiny")
 
 
+def world_prompt_order(world, n: int, seed: int) -> list[str]:
+    """Prompt of sample i for i < n: the world's prompts cycled, each pass in its own seeded random order,
+    so every prompt appears ⌊n/P⌋ or ⌈n/P⌉ times and prompt i does not depend on n."""
+    ps = world.prompts() or ("",)
+    out: list[str] = []
+    for epoch in range(-(-n // len(ps))):
+        perm = np.random.default_rng([seed, _PROMPT_ORDER_TAG, epoch]).permutation(len(ps))
+        out.extend(ps[j] for j in perm)
+    return out[:n]
+
+
+def check_prompts(world, prompts: Sequence[str], where: str = "") -> None:
+    """Raise ValueError naming the first prompt that is not one of the world's prompts."""
+    valid = world.prompts()
+    for i, p in enumerate(prompts):
+        if p not in valid:
+            raise ValueError(f"{where}prompt {i} {p!r} is not a {world.config.name} {world.config.variant} prompt; "
+                             "valid: " + ", ".join(repr(x) for x in valid))
+
+
 def read_prompts_file(path: str | Path, world) -> list[str]:
     """One prompt per line (blank lines skipped), each one of the world's prompts."""
     path = Path(path)
@@ -64,64 +101,110 @@ def parse_times(text: str) -> tuple[float, ...]:
     return tuple(check_ode_times(times))
 
 
-def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None) -> Path:
+def teacher_sampling(bundle: Bundle, steps=None, cfg=None, shift=None) -> Euler:
+    """The teacher's Euler+CFG settings (the bundle's, with the non-None overrides applied)."""
+    if not isinstance(bundle.sampling, Euler):
+        raise ValueError(f"synthetic data comes from a bidirectional teacher (sampling 'euler'); this bundle "
+                         f"samples with {bundle.sampling.method!r}")
+    return with_overrides(bundle.sampling, steps=steps, cfg=cfg, shift=shift)
+
+
+def weights_sha256(bundle: Bundle) -> str:
+    """sha256 over the teacher's fp32 weights (net, then text encoder): identifies the teacher whatever
+    file or dtype it was loaded from."""
+    h = hashlib.sha256()
+    for name, module in (("net", bundle.net), ("text_encoder", bundle.text_encoder)):
+        for k, v in sorted(module.state_dict().items()):
+            h.update(f"{name}.{k}".encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def grid_times(sp: Euler, ode_times: list[float]) -> list[float]:
+    # the grid rule lives in euler_sample alone: ask it with a zero velocity on a 1-element state
+    _, _, grid = euler_sample(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1), sp.steps, sp.shift, keep=ode_times)
+    return [float(t) for t in grid]
+
+
+@torch.no_grad()
+def teacher_samples(bundle: Bundle, prompts: Sequence[str], seed: int, start: int, sp: Euler,
+                    actions: np.ndarray | None = None, ode_times: Sequence[float] | None = None, batch: int = 64,
+                    bar=None):
+    """Videos uint8 [N, T, H, W, 3] of the bidirectional teacher, prompts[j] from noise (seed, start + j)
+    (and actions[j] for a world model); with ``ode_times`` also the trajectory states float16
+    [N, K, C, T, H, W] at the nearest grid times float32 [K] (else None, None)."""
+    dev = bundle.device
+    T = bundle.latent_shape[1]
+    videos, states, grid = [], [], None
+    for s in range(0, len(prompts), batch):
+        chunk = list(prompts[s:s + batch])
+        a = None if actions is None else video_actions(bundle, actions[s:s + batch], T, dev)
+        with autocast_for(dev):
+            out = euler_batch(bundle, chunk, seed, start + s, sp, a, bar, keep=ode_times)
+        if ode_times is None:
+            x0 = out
+        else:
+            x0, st, grid = out
+            states.append(st.to("cpu", torch.float16).numpy())
+        videos.append(to_uint8(bundle.codec.decode(x0.float(), bundle.codec.init_state(len(chunk)))[0]))
+    if ode_times is None:
+        return np.concatenate(videos), None, None
+    return np.concatenate(videos), np.concatenate(states), grid.numpy().astype(np.float32)
+
+
+def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, progress: bool = True) -> Path:
     """Load the teacher, write DIR/config.json (the settings with the bundle's sampling resolved) and the
     dataset (``write_synthetic``); returns ``out_dir``."""
     out = Path(out_dir)
     if not Path(cfg.teacher).is_file():
         raise FileNotFoundError(f"no teacher bundle at {cfg.teacher}")
     for name in ("n", "shard_size", "batch"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.ode_times is not None:
-        check_ode_times(cfg.ode_times)
-    gen = Generator.load(cfg.teacher, device=device)
-    prompts = None if cfg.prompts_file is None else read_prompts_file(cfg.prompts_file, gen.world)
-    sampling = euler_sampling(gen, cfg.steps, cfg.cfg, cfg.shift)
-    resolved = {"stage": "synth", **asdict(cfg), "sampling": sampling, "world": asdict(gen.world)}
+        if int(getattr(cfg, name)) != getattr(cfg, name) or getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {getattr(cfg, name)!r}")
+    ode = None if cfg.ode_times is None else check_ode_times(cfg.ode_times)
+    bundle = Bundle.load(cfg.teacher, device=device)
+    world = make_world(bundle.world_or_raise())
+    sp = teacher_sampling(bundle, cfg.steps, cfg.cfg, cfg.shift)
+    if cfg.prompts_file is None:
+        plist, prompt_source = world_prompt_order(world, cfg.n, cfg.seed), {"source": "world"}
+    else:
+        prompts = read_prompts_file(cfg.prompts_file, world)
+        plist = [prompts[i % len(prompts)] for i in range(cfg.n)]
+        prompt_source = {"source": "list", "count": len(prompts),
+                         "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    with_actions = bool(world.action_names)
+    config = {"teacher": {"path": str(cfg.teacher), "weights_sha256": weights_sha256(bundle)},
+              "seed": int(cfg.seed), "world": asdict(bundle.world), "video_shape": list(bundle.latent_shape),
+              "sampling": to_dict(sp), "prompts": prompt_source, "actions": with_actions,
+              "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode)}
+
+    def make_shard(lo: int, hi: int, bar) -> dict:
+        # a world model's videos follow the world's own (behaviour-policy) action sequences lo … hi − 1
+        acts = world.sample(hi - lo, cfg.seed, prompts=plist[lo:hi], start=lo)["actions"] if with_actions else None
+        videos, states, grid = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar)
+        arrays = {"videos": videos, "prompts": plist[lo:hi]}
+        if acts is not None:
+            arrays["actions"] = acts
+        if ode is not None:
+            arrays.update(ode_states=states, ode_times=grid)
+        return arrays
+
+    resolved = {"stage": "synth", **asdict(cfg), "sampling": to_dict(sp), "world": asdict(bundle.world)}
     # config.json never overwrites the record of another dataset: before sampling it is written into a new
     # folder only; write_synthetic refuses other settings, so once it returns the settings are this one's
-    config_path = out / "config.json"
     if not (out / MANIFEST).is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(resolved, indent=2) + "\n")
-    write_synthetic(gen, out, cfg.n, cfg.seed, prompts=prompts, shard_size=cfg.shard_size, batch=cfg.batch,
-                    ode_times=cfg.ode_times, steps=cfg.steps, cfg=cfg.cfg, shift=cfg.shift, teacher_path=cfg.teacher)
-    config_path.write_text(json.dumps(resolved, indent=2) + "\n")
+        write_json(out / "config.json", resolved)
+    write_synthetic(out, cfg.n, cfg.shard_size, config, make_shard, progress, str(bundle.device))
+    write_json(out / "config.json", resolved)
     return out
 
 
-def _synth(a) -> None:
-    cfg = SynthConfig(teacher=a.teacher, n=a.n, seed=a.seed, shard_size=a.shard_size, batch=a.batch,
-                      steps=a.steps, cfg=a.cfg, shift=a.shift, prompts_file=a.prompts,
-                      ode_times=None if a.ode_times is None else parse_times(a.ode_times))
-    t0 = time.time()
-    out = run_synth(cfg, a.out, device=a.device)
+def synth_summary(out: Path, seconds: float) -> str:
     manifest = json.loads((out / MANIFEST).read_text())
     size = sum(s["bytes"] for s in manifest["shards"]) / 2**20
-    sp = manifest["config"]["sampling"]
-    print(f"synthetic dataset: {out} — {cfg.n} videos in {len(manifest['shards'])} shards ({size:.1f} MiB), "
-          f"Euler {sp['steps']} steps, cfg {sp['cfg']}, shift {sp['shift']}"
-          + (f", ODE states at t = {manifest['config']['ode_grid_times']}" if cfg.ode_times else "")
-          + f"; {time.time() - t0:.1f} s this run")
-
-
-def add_synth_parser(subparsers) -> None:
-    """Register ``causal-rcm synth`` on the CLI's sub-command parsers."""
-    s = subparsers.add_parser("synth", help="sample a synthetic dataset from a bidirectional teacher")
-    s.add_argument("--teacher", required=True, help="teacher bundle (.safetensors)")
-    s.add_argument("--n", type=int, required=True, help="number of videos")
-    s.add_argument("--seed", type=int, required=True, help="sample i is drawn from noise (seed, i)")
-    s.add_argument("--out", required=True, help="dataset folder (rerun with the same arguments to resume)")
-    s.add_argument("--steps", type=int, default=None, help="Euler steps (default: the bundle's; ODE init: 48)")
-    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
-    s.add_argument("--shift", type=float, default=None, help="time shift of the Euler grid (default: the bundle's)")
-    s.add_argument("--shard-size", type=int, default=256, help="videos per shard file")
-    s.add_argument("--batch", type=int, default=64, help="videos per sampling batch")
-    s.add_argument("--prompts", default=None,
-                   help="file with one prompt per line, cycled (default: the world's prompts in a seeded order)")
-    s.add_argument("--ode-times", default=None,
-                   help="also store the teacher's ODE states nearest to these comma-separated RF times, e.g. "
-                        + ",".join(map(str, ODE_INIT_TIMES)))
-    s.add_argument("--device", default=None)
-    s.set_defaults(fn=_synth)
+    c = manifest["config"]
+    sp = c["sampling"]
+    return (f"synthetic dataset: {out} — {c['n']} videos in {len(manifest['shards'])} shards ({size:.1f} MiB), "
+            f"Euler {sp['steps']} steps, cfg {sp['cfg']}, shift {sp['shift']}"
+            + (f", ODE states at t = {c['ode_grid_times']}" if c["ode_times"] else "")
+            + f"; {seconds:.1f} s this run")

@@ -1,9 +1,10 @@
-"""Stage 0: train the bidirectional teacher and its text encoder on a built-in world (METHOD.md §1).
+"""Stage 0: train the bidirectional teacher and its text encoder on a built-in world (METHOD.md §1, §7).
 
     causal-rcm train teacher --preset blob-s [key=value ...] --out RUN
 
 Writes RUN/config.json, RUN/checkpoints/, RUN/metrics.jsonl (train losses and periodic world metrics of
-EMA samples) and, at the end, RUN/teacher.safetensors (the EMA weights as a bundle).
+EMA samples), RUN/summary.json and, at the end, RUN/teacher.safetensors (the EMA weights as a bundle). A
+world with actions gets an action-conditioned teacher (its prompt and actions dropped together for CFG).
 """
 from __future__ import annotations
 
@@ -16,16 +17,22 @@ import torch
 
 from ..config import WanConfig, apply_overrides
 from ..config import preset as model_preset
-from ..data.blobworld import to_model
-from ..data.stream import world_loader
 from ..flow import sample_t
-from ..generate import Generator
-from ..models.conditioning import TextEncoderConfig, WorldTextEncoder
+from ..models.conditioning import TextEncoderConfig, WorldTextEncoder, encode_actions, frame_action_ids
 from ..models.wan import WanDiT
 from ..objectives.teacher import flow_matching_loss
-from ..train.loop import Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig, SampleConfig, WorldConfig, begin_run
-from .report import evaluate_generator
+from ..runtime import autocast_for, resolve_device, set_matmul_precision
+from ..seeding import DATA, SampleRandom, local_ids
+from ..stream.bundle import Bundle
+from ..stream.codec import to_unit
+from ..stream.sampling import Euler
+from ..train import distributed as D
+from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
+from ..worlds.base import WorldConfig
+from ..worlds.registry import check_world, make_world
+from ..worlds.loader import world_loader
+from .common import EvalConfig, begin_run, load_bundle_for
+from .report import evaluate_bundle
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class TeacherConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: Euler = field(default_factory=Euler)
     eval: EvalConfig = field(default_factory=EvalConfig)
     t_sampler: str = "logit_normal"  # shifted | logit_normal | uniform
     t_mean: float = 0.0
@@ -43,6 +50,9 @@ class TeacherConfig:
     cfg_dropout: float = 0.1
     compile: bool = True  # torch.compile the network on GPU
     init: str = ""  # start from a teacher bundle's weights (e.g. continue the shipped teacher)
+
+    def __post_init__(self):
+        check_world(self.world)
 
 
 def teacher_preset(name: str) -> TeacherConfig:
@@ -55,7 +65,7 @@ def teacher_preset(name: str) -> TeacherConfig:
             world=WorldConfig(size=16, frames=9),
             train=TrainConfig(steps=1000, batch=32, lr=1e-3, warmup=50, ckpt_every=250,
                               eval_every=0, num_workers=1),
-            sample=SampleConfig(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
+            sample=Euler(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
     raise ValueError(f"unknown teacher preset {name!r}; choose blob-s or blob-tiny")
 
 
@@ -63,21 +73,28 @@ def build_teacher(cfg: TeacherConfig) -> tuple[WanDiT, WorldTextEncoder]:
     if cfg.model.text_dim != cfg.text.dim:
         raise ValueError(f"model.text_dim={cfg.model.text_dim} must equal text.dim={cfg.text.dim}")
     if cfg.model.in_dim != 3 or cfg.model.out_dim != 3:
-        raise ValueError("Blobworld models see RGB pixels: model.in_dim and model.out_dim must be 3")
-    net = WanDiT(cfg.model)
-    text = WorldTextEncoder.for_prompts(list(cfg.world.prompts()) + ["no ball"], **{
+        raise ValueError("pixel worlds' models see RGB pixels: model.in_dim and model.out_dim must be 3")
+    world = make_world(cfg.world)
+    n_actions = len(world.action_names)
+    if cfg.model.action_dim not in (0, n_actions):
+        raise ValueError(f"model.action_dim={cfg.model.action_dim}, but the {cfg.world.name} {cfg.world.variant} "
+                         f"world has {n_actions} actions; leave it at 0 to take the world's")
+    net = WanDiT(dataclasses.replace(cfg.model, action_dim=n_actions))
+    text = WorldTextEncoder.for_prompts(list(world.prompts()) + ["no ball"], **{
         k: v for k, v in cfg.text.to_dict().items() if k != "vocab"})
     return net, text
 
 
 def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = None) -> Path:
     tc = cfg.train
-    run_dir = begin_run("teacher", cfg, run_dir, tc.seed)
-    dev, autocast = device_and_autocast(tc.precision, device)
+    dev = D.init_from_env(resolve_device(device))
+    set_matmul_precision(dev)
+    resolved = begin_run("teacher", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
     net, text = build_teacher(cfg)
     if cfg.init:
-        start = Generator.load(cfg.init, device="cpu")
-        if start.net.cfg != cfg.model or start.text_encoder.cfg != text.cfg:
+        start = load_bundle_for(cfg.init, "init", "cpu")
+        if start.net.cfg != net.cfg or start.text_encoder.cfg != text.cfg:
             raise ValueError(f"init={cfg.init} holds a different model or text encoder than this config")
         net.load_state_dict(start.net.state_dict())
         text.load_state_dict(start.text_encoder.state_dict())
@@ -85,39 +102,47 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     ema = make_ema(teacher, tc)
     stepper = Stepper(teacher.parameters(), tc)
     fwd = torch.compile(net) if (cfg.compile and dev.type == "cuda") else net
-    gen_t = torch.Generator(device=dev)
-    sampling = dataclasses.asdict(cfg.sample) | {"method": "euler"}
-    data = {}
+    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    n_actions = net.cfg.action_dim
+    loader = {}
 
     def step_fn(step: int) -> dict:
-        if "it" not in data:
-            data["it"] = world_loader(cfg.world, tc.batch, tc.seed, step, tc.num_workers if dev.type == "cuda" else 0)
+        if "it" not in loader:  # built at the first step the loop runs: a resumed run starts where it stopped
+            loader["it"] = world_loader(cfg.world, tc.batch, tc.seed, step,
+                                        tc.num_workers if dev.type == "cuda" else 0, ids)
         t_wait = time.perf_counter()
-        batch = next(data["it"])
+        batch = next(loader["it"])
         t_wait = time.perf_counter() - t_wait
-        gen_t.manual_seed(tc.seed * 1_000_003 + step)
-        x0 = to_model(batch["videos"]).to(dev, non_blocking=True)
-        drop = torch.rand(x0.shape[0], generator=gen_t, device=dev).tolist()
-        prompts = [p if d >= cfg.cfg_dropout else "" for p, d in zip(batch["prompts"], drop)]
-        t = sample_t(cfg.t_sampler, x0.shape[0], gen_t, dev, cfg.t_shift, cfg.t_mean, cfg.t_std)
-        eps = torch.randn(x0.shape, generator=gen_t, device=dev)
-        with autocast():
+        rng = SampleRandom(tc.seed, DATA, step, ids, dev)
+        x0 = to_unit(batch["videos"]).to(dev, non_blocking=True)
+        keep = rng.rand() >= cfg.cfg_dropout  # CFG dropout: the prompt and the actions go together
+        prompts = [p if k else "" for p, k in zip(batch["prompts"], keep.tolist())]
+        t = sample_t(cfg.t_sampler, rng, cfg.t_shift, cfg.t_mean, cfg.t_std)
+        eps = rng.randn(*x0.shape[1:])
+        actions = None
+        if n_actions:
+            actions = encode_actions(frame_action_ids(batch["actions"].numpy(), x0.shape[2]), n_actions, dev)
+            actions = actions.drop(keep)
+        with autocast_for(dev, tc.precision):
             ctx = text.encode(prompts)
-            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx)
+            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx, actions=actions)
         metrics.update(stepper.step(loss, step))
         ema.update(teacher)
         metrics["data_wait_s"] = t_wait
         return {k: float(v) for k, v in metrics.items()}
 
-    def ema_generator() -> Generator:
-        return Generator.from_modules(ema.model["net"], ema.model["text_encoder"], cfg.world, sampling)
+    def ema_bundle() -> Bundle:
+        return Bundle(ema.model["net"], ema.model["text_encoder"], cfg.sample, cfg.world, "teacher")
 
     def evaluate(step: int) -> dict:
-        return evaluate_generator(ema_generator(), cfg.eval)
+        return evaluate_bundle(ema_bundle(), cfg.eval)
 
     run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": stepper.opt}, evaluate, "teacher",
-             stepper.on_resume)
-    return ema_generator().save(run_dir / "teacher.safetensors")
+             stepper.on_resume, resolved, D.is_main(), D.mean_over_ranks)
+    path = run_dir / "teacher.safetensors"
+    if D.is_main():
+        ema_bundle().save(path)
+    return path
 
 
 def resolve(preset_name: str, overrides: list[str]) -> TeacherConfig:

@@ -1,5 +1,5 @@
 """Stages 1–2: the causal teacher (tf, df) and the few-step students (tf_dcm, tf_scm, tf_meanflow, ode_init),
-all trained on the synthetic dataset (METHOD.md §3–4).
+all trained on the synthetic dataset (METHOD.md §3–4); each method is one recipe of ``objectives/tf_methods``.
 
     causal-rcm train tf_scm --preset blob-s data=RUN/synth init=RUN/tf/model.safetensors \\
         teacher=RUN/tf/model.safetensors --out RUN/tf_scm
@@ -7,7 +7,7 @@ all trained on the synthetic dataset (METHOD.md §3–4).
 ``init`` is the bundle whose weights start the network (the bidirectional teacher for tf/df, the causal
 teacher for the students); ``teacher`` is the frozen causal teacher the CM objectives distil (CFG w_cfg).
 The text encoder comes with ``init`` and stays frozen. Writes RUN/config.json, RUN/metrics.jsonl (losses
-and periodic world metrics of EMA samples, few-step causal sampling) and RUN/model.safetensors.
+and periodic world metrics of EMA samples, few-step causal sampling), RUN/summary.json and RUN/model.safetensors.
 """
 from __future__ import annotations
 
@@ -18,40 +18,20 @@ from pathlib import Path
 import torch
 
 from ..config import apply_overrides
-from ..data.blobworld import to_model
-from ..flow import sample_t_logit_normal, sample_t_shifted
-from ..generate import Generator
-from ..models.masks import ChunkPattern
+from ..io import say
+from ..masks import ChunkPattern
+from ..models.conditioning import encode_actions, frame_action_ids
 from ..objectives import tf as obj
-from ..train.loop import Stepper, TrainConfig, device_and_autocast, make_ema, run_loop
-from .common import EvalConfig, begin_run
-from .report import evaluate_generator
-
-METHODS = ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init")
-CAUSAL_TEACHERS = ("tf", "df")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """Hyper-parameters of every objective (only the chosen method's are used)."""
-
-    w_cfg: float = 3.0              # teacher CFG for the CM objectives
-    tf_shift: float = 5.0           # tf / df: t = shift(U; 5)
-    tf_weight: str = "bell"         # bell | uniform
-    df_fopp: bool = True            # df: per-block times non-decreasing in the block index
-    dcm_n: int = 48
-    dcm_shift: float = 3.0
-    scm_mean: float = -0.8          # log(t / (1 − t)) ~ N(mean, std²)
-    scm_std: float = 1.6
-    scm_warmup: int = 1000          # tangent warm-up r = min(1, step / scm_warmup)
-    scm_c: float = 0.1
-    mf_mean: float = -0.4
-    mf_std: float = 1.0
-    mf_p_equal: float = 0.25
-    mf_p: float = 1.0
-    noisy_context: bool = False
-    nc_start: int = 1
-    t_ctx: float = 5 / 8
+from ..objectives.tf_methods import METHODS, Nets, Objective, StepInfo, method
+from ..runtime import autocast_for, resolve_device, set_matmul_precision
+from ..seeding import DATA, SampleRandom, local_ids
+from ..stream.bundle import Bundle
+from ..stream.codec import to_unit
+from ..stream.sampling import EulerCFG, FewStep
+from ..train import distributed as D
+from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
+from .common import EvalConfig, begin_run, load_bundle_for
+from .report import evaluate_bundle
 
 
 @dataclass(frozen=True)
@@ -78,126 +58,130 @@ class TFConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        method(self.method)
         ChunkPattern.parse(self.pattern)
 
 
-def tf_preset(name: str, method: str) -> TFConfig:
+def tf_preset(name: str, method_name: str) -> TFConfig:
+    teacher_like = method(method_name).makes_causal_teacher
     if name == "blob-s":
-        lr = 2e-4 if method in CAUSAL_TEACHERS else 5e-5
-        return TFConfig(method=method, train=TrainConfig(steps=4000, batch=64, lr=lr, warmup=200, ckpt_every=500,
-                                                         eval_every=1000, num_workers=0))
+        lr = 2e-4 if teacher_like else 5e-5
+        return TFConfig(method=method_name, train=TrainConfig(steps=4000, batch=64, lr=lr, warmup=200,
+                                                              ckpt_every=500, eval_every=1000, num_workers=0))
     if name == "blob-tiny":
-        return TFConfig(method=method, pattern="c1-4",
-                        train=TrainConfig(steps=150, batch=16, lr=5e-4 if method in CAUSAL_TEACHERS else 2e-4,
+        return TFConfig(method=method_name, pattern="c1-4",
+                        train=TrainConfig(steps=150, batch=16, lr=5e-4 if teacher_like else 2e-4,
                                           warmup=20, ckpt_every=150, eval_every=0, num_workers=0),
                         sampling=Sampling(teacher_steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16))
-    raise ValueError(f"unknown preset {name!r} for stage {method}; choose blob-s or blob-tiny")
+    raise ValueError(f"unknown preset {name!r} for stage {method_name}; choose blob-s or blob-tiny")
 
 
-def resolve(preset_name: str, method: str, overrides: list[str]) -> TFConfig:
-    return apply_overrides(tf_preset(preset_name, method), overrides)
+def resolve(preset_name: str, method_name: str, overrides: list[str]) -> TFConfig:
+    return apply_overrides(tf_preset(preset_name, method_name), overrides)
 
 
-def bundle_sampling(cfg: TFConfig) -> dict:
-    s = cfg.sampling
-    if cfg.method in CAUSAL_TEACHERS:
-        return dict(method="causal_euler", pattern=cfg.pattern, steps=s.teacher_steps, cfg=s.cfg, shift=s.shift)
-    return dict(method="few_step", pattern=cfg.pattern, steps_first=s.steps_first, steps=s.steps,
-                context="noisy" if cfg.objective.noisy_context else "clean")
+def bundle_sampling(cfg: TFConfig) -> FewStep | EulerCFG:
+    s, ob = cfg.sampling, cfg.objective
+    if method(cfg.method).makes_causal_teacher:
+        return EulerCFG(cfg.pattern, s.teacher_steps, s.cfg, s.shift)
+    return FewStep(cfg.pattern, s.steps_first, s.steps, context="noisy" if ob.noisy_context else "clean",
+                   t_ctx=ob.t_ctx, ctx_start=ob.nc_start)
 
 
-def _load(path: str, what: str, dual_time: bool = False) -> Generator:
-    if not path:
-        raise ValueError(f"this stage needs {what}= (a bundle path)")
-    gen = Generator.load(path, device="cpu")
-    if dual_time and not gen.net.cfg.dual_time:
-        # MeanFlow: add the r-embedding (zero last layer: the student starts as the network it came from)
-        net = type(gen.net)(dataclasses.replace(gen.net.cfg, dual_time=True))
-        missing = net.load_state_dict(gen.net.state_dict(), strict=False).missing_keys
-        assert all(k.startswith("r_embedding") for k in missing), missing
-        gen.net = net
-    return gen
+def with_dual_time(b: Bundle) -> Bundle:
+    """MeanFlow: add the r-embedding (zero last layer: the student starts as the network it came from)."""
+    if b.net.cfg.dual_time:
+        return b
+    net = type(b.net)(dataclasses.replace(b.net.cfg, dual_time=True)).to(b.device)
+    missing = net.load_state_dict(b.net.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("r_embedding") for k in missing), missing
+    b.net = net
+    return b
+
+
+class TFData:
+    """A synthetic dataset as training batches: sample j of step s is drawn from (seed, DATA, s, j), so
+    each process draws its share of the global batch and one or N processes see the same batch."""
+
+    def __init__(self, path: str, bundle: Bundle, with_ode: bool, seed: int, device):
+        from ..data.synthetic import read_synthetic
+
+        if not path:
+            raise ValueError("this stage needs data= (a synthetic dataset folder written by `causal-rcm synth`)")
+        self.data = read_synthetic(path, with_ode=with_ode)
+        self.bundle, self.seed, self.device, self.with_ode = bundle, seed, device, with_ode
+        self.n_actions = bundle.net.cfg.action_dim
+        if self.n_actions and "actions" not in self.data:
+            raise ValueError(f"{path} holds no actions, but the model is a world model")
+
+    def batch(self, step: int, ids, tag: int = DATA) -> tuple[obj.Batch, SampleRandom]:
+        rng = SampleRandom(self.seed, tag, step, ids, self.device)
+        idx = rng.randint(len(self.data["videos"])).cpu().numpy()
+        x0 = self.bundle.codec.encode(to_unit(self.data["videos"][idx]).to(self.device))
+        eps, eps_ctx = rng.randn(*x0.shape[1:]), rng.randn(*x0.shape[1:])
+        ctx, ctx_u = self.bundle.contexts([self.data["prompts"][i] for i in idx])
+        actions = None
+        if self.n_actions:
+            actions = encode_actions(frame_action_ids(self.data["actions"][idx], x0.shape[2],
+                                                      self.bundle.codec.temporal_stride),
+                                     self.n_actions // self.bundle.codec.temporal_stride, self.device)
+        b = obj.Batch(x0, eps, ctx, ctx_u, eps_ctx, actions)
+        if self.with_ode:
+            b.ode_states = torch.from_numpy(self.data["ode_states"][idx]).to(self.device)
+            b.ode_times = torch.from_numpy(self.data["ode_times"]).to(self.device)
+        return b, rng
 
 
 def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> Path:
-    from ..data.synthetic import read_synthetic
-
-    tc, ob = cfg.train, cfg.objective
-    run_dir = begin_run(cfg.method, cfg, run_dir, tc.seed)
-    dev, autocast = device_and_autocast(tc.precision, device)
+    tc, m = cfg.train, METHODS[cfg.method]
+    dev = D.init_from_env(resolve_device(device))
+    set_matmul_precision(dev)
+    resolved = begin_run(cfg.method, cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
     pattern = ChunkPattern.parse(cfg.pattern)
 
-    data = read_synthetic(cfg.data, with_ode=cfg.method == "ode_init")
-    videos, prompts = data["videos"], data["prompts"]
-    src = _load(cfg.init, "init", dual_time=cfg.method == "tf_meanflow")
-    net, text = src.net.to(dev).train().requires_grad_(True), src.text_encoder.to(dev)
-    world = src.world
-    pattern.check(world.frames)
-    teacher = None
-    if cfg.method in ("tf_dcm", "tf_scm", "tf_meanflow"):
-        teacher = _load(cfg.teacher, "teacher").net.to(dev)
+    src = load_bundle_for(cfg.init, "init", dev, trainable=True)
+    if m.dual_time:
+        src = with_dual_time(src)
+    src.net.train().requires_grad_(True)
+    net, world = src.net, src.world_or_raise()
+    pattern.check(src.latent_shape[1])
+    data = TFData(cfg.data, src, m.needs_ode, tc.seed, dev)
+    teacher = load_bundle_for(cfg.teacher, "teacher", dev).net if m.needs_teacher else None
     ema = make_ema(net, tc)
     stepper = Stepper(net.parameters(), tc)
-    g = torch.Generator(device=dev)
-
     v_fn, jvp_fn = obj.net_fns(net)
-    teacher_fn = obj.net_fns(teacher)[0] if teacher is not None else None
+    nets = Nets(v_fn, jvp_fn, obj.net_fns(teacher)[0] if teacher is not None else None)
+    ids = local_ids(tc.batch, D.rank(), D.world_size())
 
     def step_fn(step: int) -> dict:
-        g.manual_seed(tc.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(videos), (tc.batch,), generator=g, device=dev).cpu()
-        x0 = to_model(videos[idx.numpy()]).to(dev)
-        B = x0.shape[0]
-        eps = torch.randn(x0.shape, generator=g, device=dev)
-        eps_ctx = torch.randn(x0.shape, generator=g, device=dev)
-        nc = obj.NoisyContext(ob.nc_start, ob.t_ctx) if ob.noisy_context else None
-        with torch.no_grad():
-            ctx = text.encode([prompts[i] for i in idx.tolist()])
-            ctx_u = text.encode([""] * B)
-        with autocast():
-            if cfg.method == "tf":
-                t = sample_t_shifted(B, ob.tf_shift, g, dev)
-                loss, m = obj.tf_loss(v_fn, x0, eps, t, ctx, pattern, ob.tf_weight)
-            elif cfg.method == "df":
-                nb = pattern.num_blocks(x0.shape[2])
-                tb = (obj.fopp_block_times(B, nb, g, dev, ob.tf_shift) if ob.df_fopp
-                      else sample_t_shifted(B * nb, ob.tf_shift, g, dev).view(B, nb))
-                loss, m = obj.df_loss(v_fn, x0, eps, tb, ctx, pattern, ob.tf_weight)
-            elif cfg.method == "tf_dcm":
-                u = torch.rand(B, generator=g, device=dev) * (1 - 1 / ob.dcm_n)
-                loss, m = obj.tf_dcm_loss(v_fn, teacher_fn, x0, eps, u, ctx, ctx_u, pattern, ob.dcm_n,
-                                          ob.dcm_shift, ob.w_cfg, nc, eps_ctx)
-            elif cfg.method == "tf_scm":
-                t = sample_t_logit_normal(B, ob.scm_mean, ob.scm_std, g, dev)
-                loss, m = obj.tf_scm_loss(v_fn, jvp_fn, teacher_fn, x0, eps, t, ctx, ctx_u, pattern,
-                                          obj.tangent_warmup(step, ob.scm_warmup), ob.w_cfg, ob.scm_c, nc, eps_ctx)
-            elif cfg.method == "tf_meanflow":
-                t, r = obj.sample_t_r(B, ob.mf_mean, ob.mf_std, ob.mf_p_equal, g, dev)
-                loss, m = obj.tf_meanflow_loss(v_fn, jvp_fn, teacher_fn, x0, eps, t, r, ctx, ctx_u, pattern,
-                                               ob.w_cfg, ob.mf_p, nc=nc, eps_ctx=eps_ctx)
-            else:
-                states = torch.from_numpy(data["ode_states"][idx.numpy()]).to(dev)
-                times = torch.from_numpy(data["ode_times"]).to(dev)
-                loss, m = obj.ode_init_loss(v_fn, states, times, x0, ctx, pattern, generator=g)
-        m = {k: float(v) for k, v in m.items()}
-        m.update(stepper.step(loss, step))
+        b, rng = data.batch(step, ids)
+        with autocast_for(dev, tc.precision):
+            loss, metrics = m.loss(nets, b, rng, cfg.objective, pattern, StepInfo(step, tc.steps))
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics.update(stepper.step(loss, step))
         ema.update(net)
-        return m
+        return metrics
 
-    sampling = bundle_sampling(cfg)
-    kind = "causal_teacher" if cfg.method in CAUSAL_TEACHERS else "student"
+    kind = "causal_teacher" if m.makes_causal_teacher else "student"
 
-    def ema_generator() -> Generator:
-        return Generator.from_modules(ema.model, text, world, sampling, kind)
+    def ema_bundle() -> Bundle:
+        return Bundle(ema.model, src.text_encoder, bundle_sampling(cfg), world, kind, src.codec_config)
 
     def evaluate(step: int) -> dict:
-        return evaluate_generator(ema_generator(), cfg.eval)
+        return evaluate_bundle(ema_bundle(), cfg.eval)
 
-    run_loop(tc, run_dir, step_fn, {"net": net, "ema": ema}, {"opt": stepper.opt}, evaluate, cfg.method,
-             stepper.on_resume)
-    return ema_generator().save(run_dir / "model.safetensors", method=cfg.method)
+    done = run_loop(tc, run_dir, step_fn, {"net": net, "ema": ema}, {"opt": stepper.opt}, evaluate, cfg.method,
+                    stepper.on_resume, resolved, D.is_main(), D.mean_over_ranks)
+    if cfg.method == "tf_scm" and cfg.objective.scm_warmup > 0:
+        r_end = obj.tangent_warmup(done, round(cfg.objective.scm_warmup * tc.steps))
+        if r_end < 1:
+            say(f"warning: the run stopped with tangent warm-up r = {r_end:.2f} < 1: it has not trained the sCM "
+                "objective (METHOD.md §4); shorten objective.scm_warmup or train longer")
+    path = run_dir / "model.safetensors"
+    if D.is_main():
+        ema_bundle().save(path, method=cfg.method)
+    return path
 
 
-__all__ = ["TFConfig", "Objective", "Sampling", "METHODS", "tf_preset", "resolve", "train_tf"]
+__all__ = ["TFConfig", "Objective", "Sampling", "TFData", "tf_preset", "resolve", "train_tf"]

@@ -1,43 +1,45 @@
-"""Streaming generation chunk by chunk with a KV cache (METHOD.md §6).
+"""Streaming generation block by block with a KV cache (METHOD.md §6): one step at a time.
 
-One loop serves every causal model: for each block of the chunk pattern it denoises the block against the
-cache (read-only calls), writes the block into the cache, and hands the block's frames to the consumer
-at once. Two ways to denoise a block:
+    engine = Engine(net, FewStep("c3-3", 4, 2), latent_shape=(C, H, W))
+    state = engine.start(ctx, ctx_uncond, Noise(seed, ids, device))
+    frames, state = engine.step(state, actions=None)      # the next block, decoded, handed over at once
 
-- ``FewStep`` (distilled students, no CFG): times [t0, mid_1, …, mid_{n−1}, 0]; each step
-  x̂0 = x − t·v, then x ← (1 − t_next)·x̂0 + t_next·ε_fresh; the last step returns x̂0.
-- ``EulerCFG`` (a causal teacher): Euler on the PF-ODE on a shifted grid with classifier-free guidance;
-  conditional and unconditional rows share one cache of batch 2B. Both take a separate step count for the
-  first block (``steps_first``), which has no context to lean on.
+``StreamState`` is everything a stream carries between blocks: the KV cache (its policy decides which
+blocks it keeps, so a windowed stream is endless), the prompt context, the noise, the block index and the
+decoder state. ``step`` is the one loop body of ``generate``, the live server and the self-forcing rollout;
+``stream`` is a loop over it. Per block:
 
-Context write: "clean" runs a t = 0 pass of the finished block; "noisy" (students trained with noisy
-context) keeps the K/V of the last step's input instead, saving one forward per block.
+- ``FewStep`` (distilled students, no CFG): from ε, each step x̂0 = x − t·v, x ← (1 − t_next)·x̂0 + t_next·ε;
+  then the context write (clean, or noisy at t_ctx: ``stream/sampling.py``).
+- ``EulerCFG`` (a causal teacher): Euler on the PF-ODE with classifier-free guidance; conditional and
+  unconditional rows share one cache of batch 2B; then a clean write.
+
+Actions (world models) condition the block's frames (``models/conditioning.Actions``); the unconditional
+CFG rows get "no action". ``prefill`` writes given frames (I2V, a world model started from real frames) as
+the first block's clean context.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..flow import euler_times, x0_from_v
-from ..models.masks import ChunkPattern
+from ..flow import cfg_combine, euler_times, x0_from_v
+from ..kv_policy import FULL, KVPolicy
+from ..masks import ChunkPattern
+from ..models.conditioning import Actions
+from ..models.kv_cache import KVCache
+from .codec import PixelCodec, VideoCodec
+from .sampling import EulerCFG, FewStep
 
-T0 = 1600 / 1601
-# step count -> intermediate times (METHOD.md §6: mids from (15/16, 5/6, 5/8))
-MIDS = {1: (), 2: (5 / 6,), 3: (15 / 16, 5 / 8), 4: (15 / 16, 5 / 6, 5 / 8)}
-
-
-def few_step_times(n: int, t0: float = T0) -> list[float]:
-    if n not in MIDS:
-        raise ValueError(f"few-step sampling takes 1 to 4 steps per chunk, got {n}")
-    return [t0, *MIDS[n], 0.0]
+CTX_NOISE_TAG = 1000  # the noise of a re-noised context write, apart from the denoising steps' tags
 
 
 class Noise:
-    """ε for sample i at a given (chunk, step) tag, from its own generator seeded by (seed, i, tag):
+    """ε for sample i at a given (block, step) tag, from its own generator seeded by (seed, i, tag):
     any sample of any call can be regenerated alone."""
 
     def __init__(self, seed: int, sample_ids: list[int], device, dtype=torch.float32):
@@ -71,77 +73,130 @@ def few_step_block(v_of, eps, times: list[float], draw, n_steps: int | None = No
     return x0, (x, times[n - 1])
 
 
-@dataclass(frozen=True)
-class FewStep:
-    steps_first: int = 4
-    steps: int = 2
-    t0: float = T0
-    context: str = "clean"  # or "noisy"
+@dataclass
+class StreamState:
+    cache: KVCache
+    ctx: torch.Tensor                      # the rows the network sees: [cond | uncond] when guided
+    noise: Noise
+    block: int = 0                         # the next block to generate
+    codec_state: Any = None
+    last_input: tuple[torch.Tensor, float] | None = None  # (x, t) of the last block's last denoising call
+    seconds: list[float] = field(default_factory=list)    # wall time of every block
 
-    def steps_for(self, block: int) -> int:
-        return self.steps_first if block == 0 else self.steps
-
-
-@dataclass(frozen=True)
-class EulerCFG:
-    steps: int = 50
-    cfg: float = 3.0
-    shift: float = 3.0
-    steps_first: int | None = None  # Euler steps of the first block (None: ``steps``, as every other block)
-
-    def steps_for(self, block: int) -> int:
-        return self.steps_first if (block == 0 and self.steps_first is not None) else self.steps
+    @property
+    def frame(self) -> int:
+        """The next frame's index (its RoPE position)."""
+        return self.cache.next_frame
 
 
-def stream(net, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise, shape: tuple[int, ...],
-           pattern: ChunkPattern | str, how: FewStep | EulerCFG,
-           on_block: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, list[float]]:
-    """Generate [B, C, T, H, W] block by block; returns the video and the seconds each block took.
+class Engine:
+    """The static half of streaming: the network, how it is sampled, the latent shape, codec and KV policy."""
 
-    ``shape`` = (C, T, H, W); ``on_block(b, x0_block)`` receives each finished block immediately.
-    """
-    pattern = ChunkPattern.parse(pattern)
-    C, T, H, W = shape
-    N = net.frame_tokens(H, W)
-    guided = isinstance(how, EulerCFG) and ctx_uncond is not None and how.cfg != 1.0
-    ctx_all = torch.cat([ctx, ctx_uncond]) if guided else ctx
-    cache = net.new_cache(T, N, pattern=pattern)
-    blocks, seconds = [], []
-    dual = net.cfg.dual_time
-    for b, (s, e) in enumerate(pattern.blocks(T)):
+    def __init__(self, net, sampling: FewStep | EulerCFG, latent_shape: tuple[int, int, int],
+                 codec: VideoCodec | None = None, policy: KVPolicy = FULL, max_frames: int | None = None):
+        if not isinstance(sampling, (FewStep, EulerCFG)):
+            raise ValueError(f"block-by-block streaming needs a causal model; this one samples with {sampling.method}")
+        self.net, self.sampling = net, sampling
+        self.pattern = ChunkPattern.parse(sampling.pattern)
+        self.latent_shape, self.codec = tuple(latent_shape), codec or PixelCodec()
+        self.policy, self.max_frames = policy, max_frames
+        self.guided = isinstance(sampling, EulerCFG) and sampling.cfg != 1.0
+
+    def start(self, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise,
+              prefill: torch.Tensor | None = None, prefill_actions: Actions | None = None) -> StreamState:
+        """A fresh stream; ``prefill`` [B, C, f, H, W] (the first block's frames) is written as clean context."""
+        guided = self.guided and ctx_uncond is not None
+        C, H, W = self.latent_shape
+        cache = self.net.new_cache(self.net.frame_tokens(H, W), self.pattern, self.policy, self.max_frames)
+        state = StreamState(cache, torch.cat([ctx, ctx_uncond]) if guided else ctx, noise,
+                            codec_state=self.codec.init_state(ctx.shape[0]))
+        if prefill is not None:
+            s, e = self.pattern.block_bounds(0)
+            if prefill.shape[2] != e - s:
+                raise ValueError(f"prefill holds {prefill.shape[2]} frames; the first block of pattern "
+                                 f"{self.pattern.name} has {e - s}")
+            self._write(state, prefill, torch.zeros(prefill.shape[0], device=prefill.device), prefill_actions)
+            state.block = 1
+        return state
+
+    def _rows(self, state: StreamState, x: torch.Tensor, actions: Actions | None):
+        """The batch the network sees: guided streams stack the unconditional rows (no action) below."""
+        if state.ctx.shape[0] == x.shape[0]:
+            return x, actions
+        return torch.cat([x, x]), (None if actions is None else Actions.cat([actions, actions.dropped()]))
+
+    def _write(self, state: StreamState, x: torch.Tensor, t: torch.Tensor, actions: Actions | None) -> None:
+        """Append the block's K/V: a forward of x at times t with ``update_cache``."""
+        xin, a = self._rows(state, x, actions)
+        tin = t if xin.shape[0] == t.shape[0] else torch.cat([t, t])
+        with torch.no_grad():
+            self.net.velocity(xin.detach(), tin, state.ctx, cache=state.cache, update_cache=True, actions=a)
+
+    def step(self, state: StreamState, actions: Actions | None = None, *, n_steps: int | None = None,
+             grad_last: bool = False, decode: bool = True) -> tuple[torch.Tensor, StreamState]:
+        """Generate the next block: (its frames, the state, updated in place).
+
+        ``actions``: the block's frames' actions. ``n_steps`` (few-step only) exits after that many steps
+        and ``grad_last`` runs the last one with autograd (the self-forcing rollout); ``decode=False``
+        returns the latent x̂0 instead of decoded frames."""
         t_start = time.perf_counter()
-        x = noise.draw((b, 0), (C, e - s, H, W))
+        b = state.block
+        s, e = self.pattern.block_bounds(b)
+        C, H, W = self.latent_shape
+        x = state.noise.draw((b, 0), (C, e - s, H, W))
         B = x.shape[0]
-        zeros = torch.zeros(B, device=x.device)
+        sp = self.sampling
 
         def v_of(x_in, t_scalar, write=False):
-            t_vec = torch.full((x_in.shape[0],), float(t_scalar), device=x_in.device)
-            r = torch.zeros_like(t_vec) if dual else None  # MeanFlow students: x̂0 from u(x, r = 0, t)
-            return net(x_in, t_vec, ctx_all, cache=cache, update_cache=write, r=r).float()
+            xin, a = self._rows(state, x_in, actions)
+            t_vec = torch.full((xin.shape[0],), float(t_scalar), device=x_in.device)
+            v = self.net.velocity(xin, t_vec, state.ctx, cache=state.cache, update_cache=write, actions=a).float()
+            return v if xin.shape[0] == B else cfg_combine(*v.chunk(2), sp.cfg)
 
-        if isinstance(how, FewStep):
-            x, _ = few_step_block(v_of, x, few_step_times(how.steps_for(b), how.t0),
-                                  lambda k, shp, b=b: noise.draw((b, k), shp), write_last=how.context == "noisy")
-            if how.context == "clean":
-                net(x, zeros, ctx_all, cache=cache, update_cache=True,
-                    r=zeros if dual else None)
+        if isinstance(sp, FewStep):
+            times = sp.times_for(b)
+            n = len(times) - 1 if n_steps is None else n_steps
+            reuse = sp.noisy_write(b) and times[n - 1] == sp.t_ctx  # the last input already sits at t_ctx
+            x, last = few_step_block(v_of, x, times, lambda k, shp: state.noise.draw((b, k), shp), n_steps=n,
+                                     write_last=reuse, grad_last=grad_last)
+            if sp.noisy_write(b) and not reuse:
+                eps = state.noise.draw((b, CTX_NOISE_TAG), tuple(x.shape[1:]))
+                t_c = torch.full((B,), sp.t_ctx, device=x.device)
+                self._write(state, (1 - sp.t_ctx) * x.detach() + sp.t_ctx * eps, t_c, actions)
+            elif not sp.noisy_write(b):
+                self._write(state, x, torch.zeros(B, device=x.device), actions)
+            state.last_input = (last[0].detach(), last[1])
         else:
-            n = how.steps_for(b)
-            grid = euler_times(n, how.shift, x.device)
+            if n_steps is not None or grad_last:
+                raise ValueError("step exits and gradients are for few-step students")
+            n = sp.steps_for(b)
+            grid = euler_times(n, sp.shift, x.device)
             for k in range(n):
-                xin = torch.cat([x, x]) if guided else x
-                v = v_of(xin, grid[k])
-                if guided:
-                    v_c, v_u = v.chunk(2)
-                    v = v_u + how.cfg * (v_c - v_u)
-                x = x + (grid[k + 1] - grid[k]) * v
-            xin = torch.cat([x, x]) if guided else x
-            tz = torch.zeros(xin.shape[0], device=x.device)
-            net(xin, tz, ctx_all, cache=cache, update_cache=True, r=tz if dual else None)
+                x = x + (grid[k + 1] - grid[k]) * v_of(x, grid[k])
+            self._write(state, x, torch.zeros(B, device=x.device), actions)
+        state.block += 1
+        if decode:
+            frames, state.codec_state = self.codec.decode(x, state.codec_state)
+        else:
+            frames = x
         if x.is_cuda:
             torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t_start)
-        blocks.append(x)
+        state.seconds.append(time.perf_counter() - t_start)
+        return frames, state
+
+
+def stream(engine: Engine, state: StreamState, frames: int, actions: Actions | None = None,
+           on_block: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate blocks until ``frames`` latent frames exist: the decoded video [B, 3, F, H, W] of the blocks
+    generated (a prefilled block is not repeated); ``on_block(b, frames_b)`` receives each block at once.
+    ``actions`` covers the whole video's frames (sliced per block)."""
+    out = []
+    engine.pattern.check(frames)
+    while state.frame < frames:
+        s, e = engine.pattern.block_bounds(state.block)
+        b = state.block
+        f, state = engine.step(state, None if actions is None else actions.frames_slice(s, e))
+        out.append(f)
         if on_block is not None:
-            on_block(b, x)
-    return torch.cat(blocks, dim=2), seconds
+            on_block(b, f)
+    return torch.cat(out, dim=2)

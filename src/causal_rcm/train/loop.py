@@ -1,23 +1,31 @@
 """The training loop every stage shares: resume, progress, JSONL logs, checkpoints, evaluation, NaN guard.
 
-A stage supplies ``step_fn(step) -> metrics`` (its forward, backward and optimiser updates) and the
-objects to checkpoint; the loop owns everything around it. A kill loses at most the steps since the last
-checkpoint: ``run_loop`` resumes from ``RUN/checkpoints/latest`` when it exists.
+A stage supplies ``step_fn(step) -> metrics`` (its forward, backward and optimiser updates) and the objects
+to checkpoint; the loop owns everything around it:
+
+- resume from the newest checkpoint that verifies (``train/checkpoint.py``), refusing one written with other
+  settings (``train.resume=force`` accepts it); the log keeps each step once and its time is cumulative;
+- a kill loses at most the steps since the last checkpoint; Ctrl-C saves one and stops with ``Interrupted``;
+- a non-finite loss or gradient skips the step; ``max_bad_steps`` of them in a row stop with ``Diverged``;
+- ``RUN/summary.json`` at the end (steps, final loss, time, checkpoint), which the CLI prints.
+Only the main process writes (``is_main``); the metrics it logs are the mean over processes (``reduce``).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_training_state, save_training_state
+from ..io import JsonlLog, progress, say, write_json
+from .checkpoint import checkpoint_meta, latest_checkpoint, load_training_state, save_training_state
+
+# settings a resumed run may change: budgets, schedules of side work, and where it runs
+RESUMABLE_KEYS = ("train.steps", "train.time_limit", "train.ckpt_every", "train.eval_every", "train.eval_first",
+                  "train.log_every", "train.num_workers", "train.resume", "train.cooldown", "eval.")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     warmup: int = 200
     cooldown: int = 0  # the last `cooldown` steps decay the learning rate linearly to zero
-    grad_clip: float = 1.0
+    grad_clip: float = 0.0  # > 0: clip the gradient norm at this value (sums of ~1e5 make a fixed one rescale every step)
+    clip_relative: float = 3.0  # > 0: clip at this multiple of the median norm of the last 100 steps (spikes only)
     ema_decay: float = 0.0  # > 0: plain EMA with this decay; else the EDM2 power EMA with ema_sigma_rel
     ema_sigma_rel: float = 0.05
     ckpt_every: int = 500
@@ -41,20 +50,36 @@ class TrainConfig:
     num_workers: int = 4
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
     time_limit: float = 0.0  # seconds; > 0 stops early (with a checkpoint) once exceeded
+    resume: str = "auto"  # auto: resume a run written with the same settings; force: whatever they were
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "ckpt_every", "log_every", "max_bad_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"train.{name} must be an integer >= 1, got {v!r}")
+        for name in ("warmup", "cooldown", "eval_every", "num_workers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 0:
+                raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
+        for name in ("lr", "weight_decay", "grad_clip", "clip_relative", "time_limit", "ema_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"train.precision must be bf16, fp16 or fp32, got {self.precision!r}")
+        if self.resume not in ("auto", "force"):
+            raise ValueError(f"train.resume must be auto or force, got {self.resume!r}")
 
 
 class NonFiniteLoss(RuntimeError):
     """A step produced a non-finite loss or gradient: the loop skips it (and stops after max_bad_steps)."""
 
 
-def device_and_autocast(precision: str, device: str | None = None):
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    if dev.type == "cuda" and precision in ("bf16", "fp16"):
-        dt = torch.bfloat16 if precision == "bf16" else torch.float16
-        return dev, lambda: torch.autocast("cuda", dtype=dt)
-    return dev, nullcontext
+class Diverged(ValueError):
+    """Too many non-finite steps in a row: the run stopped; the last good checkpoint is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved; rerunning the command resumes."""
 
 
 def make_ema(model: torch.nn.Module, cfg: TrainConfig):
@@ -75,26 +100,11 @@ def lr_lambda(cfg: TrainConfig, warm_from: int = 0) -> Callable[[int], float]:
     return f
 
 
-def optimizer_step(loss: torch.Tensor | None, opt: torch.optim.Optimizer, params, grad_clip: float) -> float:
-    """backward (unless ``loss`` is None: gradients are already accumulated), clip, step; returns the
-    gradient norm before clipping. Raises on a non-finite loss or gradient."""
-    if loss is not None:
-        if not torch.isfinite(loss):
-            opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"loss is {loss.item()}")
-        loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        raise NonFiniteLoss(f"gradient norm is {norm.item()}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(norm)
-
-
 class Stepper:
-    """AdamW over ``params`` with the warm-up / cool-down schedule of ``lr_lambda``; after a weights-only
-    resume (fresh moments) it warms up again. ``step(loss, i)`` does backward, clipping and the update."""
+    """AdamW over ``params`` with the warm-up / cool-down schedule of ``lr_lambda`` and gradient clipping
+    (fixed, relative to the recent median norm, or none); after a weights-only resume (fresh moments) it
+    warms up again. ``step(loss, i)`` does backward, clipping and the update; the norm it reports is the
+    one before clipping."""
 
     def __init__(self, params, cfg: TrainConfig, lr: float | None = None, betas=None):
         self.params = [p for p in params if p.requires_grad]
@@ -102,72 +112,105 @@ class Stepper:
         self.opt = torch.optim.AdamW(self.params, lr=self.base_lr, betas=betas or cfg.betas,
                                      weight_decay=cfg.weight_decay)
         self.lr_at = lr_lambda(cfg)
+        self.norms: list[float] = []
+
+    def threshold(self) -> float:
+        limits = [self.cfg.grad_clip] if self.cfg.grad_clip > 0 else []
+        if self.cfg.clip_relative > 0 and len(self.norms) >= 10:
+            limits.append(self.cfg.clip_relative * sorted(self.norms)[len(self.norms) // 2])
+        return min(limits) if limits else float("inf")
 
     def step(self, loss: torch.Tensor | None, i: int) -> dict:
+        """backward (unless ``loss`` is None: gradients are already accumulated), clip, update."""
+        if loss is not None:
+            if not torch.isfinite(loss):
+                self.opt.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(f"loss is {loss.item()}")
+            loss.backward()
+        limit = self.threshold()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        if not math.isfinite(norm):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"gradient norm is {norm}")
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * self.lr_at(i)
-        return {"grad_norm": optimizer_step(loss, self.opt, self.params, self.cfg.grad_clip),
-                "lr": self.opt.param_groups[0]["lr"]}
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.norms = (self.norms + [norm])[-100:]
+        return {"grad_norm": norm, "clipped": float(norm > limit), "lr": self.opt.param_groups[0]["lr"]}
 
     def on_resume(self, i: int, extra: dict, name: str = "opt") -> None:
         if name in extra.get("fresh_optimizers", []):
             self.lr_at = lr_lambda(self.cfg, warm_from=i)
 
 
-class JsonlLog:
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _flat_config(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def progress(iterable=None, **kw):
-    """tqdm that refreshes often on a terminal and rarely in a log file."""
-    import sys
-
-    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)
-    kw.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kw)
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Settings that differ between two resolved configs, leaving out what a resumed run may change."""
+    a, b = _flat_config(old), _flat_config(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                  and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
 
 
 def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dict], state: dict,
              optimizers: dict, evaluate: Callable[[int], dict] | None = None, desc: str = "train",
-             on_resume: Callable[[int, dict], None] | None = None) -> int:
-    """Run steps [start, cfg.steps) (or until ``cfg.time_limit``); returns the number of steps done."""
+             on_resume: Callable[[int, dict], None] | None = None, config: dict | None = None,
+             is_main: bool = True, reduce: Callable[[dict], dict] | None = None) -> int:
+    """Run steps [start, cfg.steps) (or until ``cfg.time_limit``); returns the number of steps done.
+    ``config``: the run's resolved config, stored with every checkpoint and compared on resume."""
     run_dir = Path(run_dir)
     log = JsonlLog(run_dir / "metrics.jsonl")
-    start, extra = 0, {}
+    start, extra, elapsed = 0, {"config": config or {}}, 0.0
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
+        saved = checkpoint_meta(ckpt)["extra"].get("config") or {}
+        changes = config_changes(saved, config or {}) if config is not None and saved else []
+        if changes and cfg.resume != "force":
+            raise ValueError(f"{run_dir} holds a run started with other settings ({'; '.join(changes[:6])}); "
+                             "rerun with the same settings to resume it, use a new --out, or add train.resume=force")
         start, extra = load_training_state(ckpt, state, optimizers)
+        extra["config"] = config or extra.get("config", {})
+        elapsed = float(extra.get("elapsed", 0.0))
         if on_resume is not None:
             on_resume(start, extra)
-        tqdm.write(f"[{desc}] resumed from {ckpt} at step {start}")
+        if is_main:
+            log.truncate_after(start)
+            say(f"[{desc}] resumed from {ckpt} at step {start}")
+    elif is_main:
+        log.truncate_after(0)  # a fresh run (no usable checkpoint) starts a fresh log
+    summary = {"stage": desc, "steps_done": start, "steps": cfg.steps, "run_dir": str(run_dir)}
     if start >= cfg.steps:
         return start
+    t0 = time.time() - elapsed
+
+    def save(done: int) -> None:
+        extra["elapsed"] = time.time() - t0
+        if is_main:
+            path = save_training_state(run_dir, done, state, optimizers, extra)
+            summary["checkpoint"] = str(path)
 
     def run_eval(done: int) -> None:
         scores = evaluate(done)
-        log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
-        tqdm.write(f"[{desc}] step {done}: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
+        if is_main:
+            log.write({"step": done, **{f"eval/{k}": v for k, v in scores.items()}})
+            say(f"[{desc}] step {done}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in scores.items() if isinstance(v, float) and math.isfinite(v)))
 
     if evaluate is not None and cfg.eval_every > 0 and cfg.eval_first and start == 0:
         run_eval(0)
     bad, sums, count = 0, {}, 0
-    t0 = time.time()
-    bar = progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc)
-    step = start
+    bar = progress(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, disable=not is_main)
+    step, stopped = start, False
     try:
         for step in bar:
             try:
@@ -175,37 +218,43 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 bad = 0
             except NonFiniteLoss as e:
                 bad += 1
-                log.write({"step": step, "event": "non_finite", "detail": str(e)})
+                if is_main:
+                    log.write({"step": step + 1, "event": "non_finite", "detail": str(e)})
                 if bad >= cfg.max_bad_steps:
-                    raise RuntimeError(f"{bad} consecutive non-finite steps at step {step} ({e}); lower the "
-                                       f"learning rate or check the data; last good checkpoint is kept") from e
+                    raise Diverged(f"{bad} consecutive non-finite steps at step {step} ({e}); lower the learning "
+                                   f"rate or check the data; the last good checkpoint is kept in {run_dir}") from None
                 continue
-            for k, v in metrics.items():
+            for k, v in (reduce(metrics) if reduce is not None else metrics).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 rec = {k: v / count for k, v in sums.items()}
                 rec.update(step=done, time=round(time.time() - t0, 2))
-                log.write(rec)
-                shown = {k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")}
-                bar.set_postfix(shown, refresh=False)
+                if is_main:
+                    log.write(rec)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")}, refresh=False)
+                summary["final_loss"] = rec.get("loss")
                 sums, count = {}, 0
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                save_training_state(run_dir, done, state, optimizers, extra)
             out_of_time = cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit
-            if out_of_time and done % cfg.ckpt_every:
-                save_training_state(run_dir, done, state, optimizers, extra)
-            final = done == cfg.steps or out_of_time
-            if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or final):
+            if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
+                save(done)
+            summary["steps_done"] = done
+            if evaluate is not None and cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == cfg.steps
+                                                                  or out_of_time):
                 run_eval(done)
             if out_of_time:
-                tqdm.write(f"[{desc}] time limit of {cfg.time_limit:.0f} s reached at step {done}; checkpoint saved")
-                return done
+                say(f"[{desc}] time limit of {cfg.time_limit:.0f} s reached at step {done}; checkpoint saved")
+                stopped = True
+                break
     except KeyboardInterrupt:
-        tqdm.write(f"[{desc}] interrupted at step {step}: saving a checkpoint")
-        save_training_state(run_dir, step, state, optimizers, extra)
-        raise
+        bar.close()
+        save(step)
+        raise Interrupted(f"interrupted at step {step}; checkpoint saved in {run_dir}/checkpoints: rerun the "
+                          "same command to resume") from None
     finally:
         bar.close()
-    return cfg.steps
+        summary["seconds"] = round(time.time() - t0, 1)
+        if is_main:
+            write_json(run_dir / "summary.json", summary)
+    return summary["steps_done"] if stopped else cfg.steps

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from causal_rcm.data.blobworld import AGENT, ACTION_DIRECTIONS, COLOURS, prompt_colours, sample_worlds
+from ..stats import bootstrap_interval, clusters_of
+from .blobworld import AGENT, ACTION_DIRECTIONS, COLOURS, check_actions, prompt_colours, sample_worlds
 
 BACKGROUND_MAX = 40
 MIN_COSINE = 0.97
@@ -54,6 +55,11 @@ STILL_MAX = 0.75
 T2V_METRICS = ("artifact_rate", "prompt_accuracy", "persistence", "size_stability", "motion_error",
                "position_entropy", "direction_entropy")
 AGENT_METRICS = T2V_METRICS + ("action_accuracy", "agent_still")
+HIGHER_IS_BETTER = {
+    "prompt_accuracy": True, "persistence": True, "motion_error": False, "artifact_rate": False,
+    "size_stability": False, "position_entropy": True, "direction_entropy": True,
+    "action_accuracy": True, "agent_still": True,
+}
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,17 @@ class FrameStats:
     centroid: np.ndarray  # [N, T, C, 2]  α̂-weighted mean pixel centre (x, y); NaN where A = 0
     present: np.ndarray  # [N, T, C]  A ≥ 6·(W/32)²
     radius: np.ndarray  # [N, T, C]  r̂ = sqrt(A / π)
-    artifacts: int  # artifact pixels, all frames
-    foreground: int  # non-background pixels, all frames
+    artifacts: np.ndarray  # [N] artifact pixels of each video, all frames
+    foreground: np.ndarray  # [N] non-background pixels of each video, all frames
     size: tuple[int, int]  # (H, W)
+    isolated: np.ndarray | None = None  # [N, T, C] ``isolated`` and ``near_wall``, computed once per video
+    near_wall: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> "FrameStats":
+        """The statistics of videos ``idx`` (a bootstrap resample)."""
+        return FrameStats(self.area[idx], self.centroid[idx], self.present[idx], self.radius[idx],
+                          self.artifacts[idx], self.foreground[idx], self.size, isolated(self)[idx],
+                          near_wall(self)[idx])
 
 
 def classify(pixels: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,12 +108,12 @@ def frame_stats(videos: np.ndarray, n_colours: int, batch: int = 32) -> FrameSta
     colours = COLOURS[:n_colours]
     xy = np.stack(np.broadcast_arrays(np.arange(w)[None, :] + 0.5, np.arange(h)[:, None] + 0.5), axis=-1)
     sums = np.zeros((n, frames, n_colours, 3))  # Σ α̂, Σ α̂·x, Σ α̂·y
-    artifacts = foreground = 0
+    artifacts, foreground = np.zeros(n, np.int64), np.zeros(n, np.int64)
     for s in range(0, n, batch):
         e = min(s + batch, n)
         label, alpha = classify(videos[s:e], colours)
-        artifacts += int(np.sum(label == -2))
-        foreground += int(np.sum(label != -1))
+        artifacts[s:e] = np.sum(label == -2, axis=(1, 2, 3))
+        foreground[s:e] = np.sum(label != -1, axis=(1, 2, 3))
         owned = label >= 0
         # One bin per (video, frame, colour): bincount sums each class's pixels in a single pass.
         frame_id = np.arange((e - s) * frames).reshape(e - s, frames, 1, 1)
@@ -113,12 +127,16 @@ def frame_stats(videos: np.ndarray, n_colours: int, batch: int = 32) -> FrameSta
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(area[..., None] > 0, sums[..., 1:] / area[..., None], np.nan)
     present = area >= MIN_AREA * (w / 32) ** 2
-    return FrameStats(area, centroid, present, np.sqrt(area / np.pi), artifacts, foreground, (h, w))
+    st = FrameStats(area, centroid, present, np.sqrt(area / np.pi), artifacts, foreground, (h, w))
+    return FrameStats(*[getattr(st, f) for f in ("area", "centroid", "present", "radius", "artifacts",
+                                                 "foreground", "size")], isolated(st), near_wall(st))
 
 
 def isolated(st: FrameStats) -> np.ndarray:
     """[N, T, C]: the colour is present and its centroid is farther than r̂₁ + r̂₂ from every other present
     colour's centroid (the overlap rule of ``size_stability`` and ``motion_error``)."""
+    if st.isolated is not None:
+        return st.isolated
     gap = np.linalg.norm(st.centroid[:, :, :, None] - st.centroid[:, :, None, :], axis=-1)
     clear = gap > st.radius[..., :, None] + st.radius[..., None, :]
     others = st.present[..., None, :] & ~np.eye(st.present.shape[-1], dtype=bool)
@@ -127,6 +145,8 @@ def isolated(st: FrameStats) -> np.ndarray:
 
 def near_wall(st: FrameStats) -> np.ndarray:
     """[N, T, C]: the centroid lies within r̂ + 1.5 of a wall (False where the colour has no centroid)."""
+    if st.near_wall is not None:
+        return st.near_wall
     h, w = st.size
     x, y = st.centroid[..., 0], st.centroid[..., 1]
     wall = np.minimum(np.minimum(x, w - x), np.minimum(y, h - y))
@@ -139,7 +159,8 @@ def _mean(values: np.ndarray) -> float:
 
 def artifact_rate(st: FrameStats) -> float:
     """Artifact pixels / non-background pixels over all frames."""
-    return st.artifacts / st.foreground if st.foreground else float("nan")
+    fg = int(st.foreground.sum())
+    return int(st.artifacts.sum()) / fg if fg else float("nan")
 
 
 def prompt_accuracy(st: FrameStats, prompted: np.ndarray) -> float:
@@ -242,11 +263,7 @@ def agent_still(st: FrameStats, actions: np.ndarray) -> float:
     return _mean(still[actions == 0])
 
 
-def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
-             variant: str | None = None) -> dict[str, float]:
-    """Every §4 metric of a set of videos (uint8 [N, T, H, W, 3]) with their prompts and, for the agent
-    variant, actions int64 [N, T − 1]; the variant is "agent" exactly when actions are given unless
-    named. Returns the metric names of the spec in its order, then ``n_samples``."""
+def _checked(videos, prompts, actions, variant):
     variant = variant or ("t2v" if actions is None else "agent")
     if variant not in ("t2v", "agent"):
         raise ValueError(f"unknown variant {variant!r}; expected 't2v' or 'agent'")
@@ -260,29 +277,59 @@ def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | N
     if len(prompts) != n:
         raise ValueError(f"got {len(prompts)} prompts for {n} videos")
     if actions is not None:
-        actions = np.asarray(actions)
-        if actions.shape != (n, frames - 1) or actions.min(initial=0) < 0 or actions.max(initial=0) > 4:
-            raise ValueError(f"actions must be integers in 0..4 of shape {(n, frames - 1)}, got {actions.shape}")
-        actions = actions.astype(np.int64)
+        actions = check_actions(actions, n, frames)
+    return videos, prompts, actions, variant
+
+
+def _scorer(videos, prompts, actions, variant):
+    """(score(idx) -> metrics of videos idx, n): frame statistics computed once for every resample."""
     n_colours = AGENT + (variant == "agent")
-    prompted = np.zeros((n, n_colours), dtype=bool)
+    prompted = np.zeros((len(prompts), n_colours), dtype=bool)
     for i, p in enumerate(prompts):
         prompted[i, list(prompt_colours(p))] = True
-    st = frame_stats(videos, n_colours)
-    out = {
-        "artifact_rate": artifact_rate(st),
-        "prompt_accuracy": prompt_accuracy(st, prompted),
-        "persistence": persistence(st, prompted),
-        "size_stability": size_stability(st, prompted),
-        "motion_error": motion_error(st, prompted),
-        "position_entropy": position_entropy(st, prompted, prompts),
-        "direction_entropy": direction_entropy(st, prompted, prompts),
-    }
-    if actions is not None:
-        out["action_accuracy"] = action_accuracy(st, actions)
-        out["agent_still"] = agent_still(st, actions)
-    out["n_samples"] = n
+    st_all = frame_stats(videos, n_colours)
+    prompts_arr = np.asarray(prompts, dtype=object)
+
+    def score(idx: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
+        """Metrics of videos ``idx``; ``groups`` (a cluster resample) tells the entropies which draw of a
+        prompt each video belongs to, so a prompt drawn twice counts as two prompts."""
+        st, pr = st_all.take(idx), prompted[idx]
+        ps = list(prompts_arr[idx]) if groups is None else [f"{p}#{g}" for p, g in zip(prompts_arr[idx], groups)]
+        out = {
+            "artifact_rate": artifact_rate(st),
+            "prompt_accuracy": prompt_accuracy(st, pr),
+            "persistence": persistence(st, pr),
+            "size_stability": size_stability(st, pr),
+            "motion_error": motion_error(st, pr),
+            "position_entropy": position_entropy(st, pr, ps),
+            "direction_entropy": direction_entropy(st, pr, ps),
+        }
+        if actions is not None:
+            out["action_accuracy"] = action_accuracy(st, actions[idx])
+            out["agent_still"] = agent_still(st, actions[idx])
+        return out
+
+    return score
+
+
+def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
+             variant: str | None = None) -> dict[str, float]:
+    """Every §4 metric of a set of videos (uint8 [N, T, H, W, 3]) with their prompts and, for the agent
+    variant, actions int64 [N, T − 1]; the variant is "agent" exactly when actions are given unless
+    named. Returns the metric names of the spec in its order, then ``n_samples``."""
+    videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
+    out = _scorer(videos, prompts, actions, variant)(np.arange(len(videos)))
+    out["n_samples"] = len(videos)
     return out
+
+
+def evaluate_intervals(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
+                       variant: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """{metric: (value, low, high)}: 95 % cluster-bootstrap intervals, prompts resampled with all their videos
+    (resampling videos within a prompt would duplicate videos and bias the entropies down)."""
+    videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
+    score = _scorer(videos, prompts, actions, variant)
+    return bootstrap_interval(score, len(videos), clusters_of(prompts), n_boot, seed)
 
 
 def data_row(n: int, seed: int, variant: str = "t2v", **kw) -> dict[str, float]:

@@ -19,7 +19,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan")
 # Palette (§1) followed by the agent's white; the row index is the colour id and the painting order.
@@ -147,6 +146,16 @@ def render(centres: np.ndarray, radii: np.ndarray, colours: np.ndarray, size: in
     return out
 
 
+def check_actions(actions, n: int, frames: int) -> np.ndarray:
+    """Agent actions as int64 [n, frames − 1] in 0..4, or ValueError."""
+    actions = np.asarray(actions)
+    if (actions.shape != (n, frames - 1) or not np.issubdtype(actions.dtype, np.integer)
+            or actions.min(initial=0) < 0 or actions.max(initial=0) > 4):
+        raise ValueError(f"actions must be integers in 0..4 of shape {(n, frames - 1)}, got {actions.dtype} "
+                         f"{actions.shape}")
+    return actions.astype(np.int64)
+
+
 def _resolve_prompts(prompts: str | Sequence[str] | None, n: int, variant: str) -> list[str] | None:
     if prompts is None:
         return None
@@ -208,10 +217,7 @@ def sample_worlds(n: int, seed: int, *, size: int = 32, frames: int = 21, varian
     if agent:
         if actions is None:
             actions = sticky_actions(first, keep, fresh)
-        actions = np.asarray(actions)
-        if actions.shape != (n, frames - 1) or actions.min(initial=0) < 0 or actions.max(initial=0) > 4:
-            raise ValueError(f"actions must be integers in 0..4 of shape {(n, frames - 1)}, got {actions.shape}")
-        actions = actions.astype(np.int64)
+        actions = check_actions(actions, n, frames)
         centres[:, :, -1] = simulate_agent(c0[:, -1], actions, 3.5 * s, 2.0 * s, size)
         out["actions"] = actions
     elif actions is not None:
@@ -219,64 +225,4 @@ def sample_worlds(n: int, seed: int, *, size: int = 32, frames: int = 21, varian
     out["videos"] = render(centres, radii, colours, size)
     out["prompts"] = fixed if fixed is not None else [make_prompt(c[(c >= 0) & (c < AGENT)]) for c in colours]
     out.update(centres=centres, radii=radii, velocities=v0, colours=colours, present=colours >= 0)
-    return out
-
-
-def to_model(videos: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """x = pixel / 127.5 − 1 (§1): uint8 [N, T, H, W, 3] → float32 [N, 3, T, H, W] in [−1, 1]."""
-    v = torch.as_tensor(videos)
-    if v.dtype != torch.uint8 or v.ndim != 5 or v.shape[-1] != 3:
-        raise ValueError(f"to_model expects uint8 [N, T, H, W, 3], got {v.dtype} {tuple(v.shape)}")
-    return (v.permute(0, 4, 1, 2, 3).to(torch.float32) / 127.5 - 1.0).contiguous()
-
-
-def from_model(x: torch.Tensor) -> np.ndarray:
-    """pixel = round(clamp((x + 1) · 127.5, 0, 255)), the inverse of ``to_model``: float [N, 3, T, H, W] →
-    uint8 [N, T, H, W, 3]."""
-    if x.ndim != 5 or x.shape[1] != 3:
-        raise ValueError(f"from_model expects [N, 3, T, H, W], got {tuple(x.shape)}")
-    p = ((x.detach().to("cpu", torch.float32) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return p.permute(0, 2, 3, 4, 1).contiguous().numpy()
-
-
-def _validated(videos: np.ndarray, prompts: np.ndarray, actions: np.ndarray | None, where: str) -> dict:
-    """The §5 arrays after checking their dtypes and shapes; errors name ``where`` (the file)."""
-    if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
-        raise ValueError(f"{where}: 'videos' must be uint8 [N, T, H, W, 3], got {videos.dtype} {videos.shape}")
-    n, frames = videos.shape[:2]
-    if prompts.dtype.kind != "U" or prompts.shape != (n,):
-        raise ValueError(f"{where}: 'prompts' must be a str array of shape ({n},), "
-                         f"got {prompts.dtype} {prompts.shape}")
-    out = {"videos": videos, "prompts": prompts}
-    if actions is not None:
-        if actions.dtype != np.int64 or actions.shape != (n, frames - 1):
-            raise ValueError(f"{where}: 'actions' must be int64 [{n}, {frames - 1}], "
-                             f"got {actions.dtype} {actions.shape}")
-        out["actions"] = actions
-    return out
-
-
-def save_samples(path: str | os.PathLike, videos: np.ndarray, prompts: Sequence[str],
-                 actions: np.ndarray | None = None) -> None:
-    """Write samples as one compressed ``.npz`` (§5): videos, prompts and, for the agent variant, actions."""
-    prompts = np.array(list(prompts), dtype=str)
-    data = _validated(np.asarray(videos), prompts, None if actions is None else np.asarray(actions), str(path))
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **data)
-
-
-def load_samples(path: str | os.PathLike) -> dict:
-    """Read a §5 ``.npz``: ``videos`` uint8 [N, T, H, W, 3], ``prompts`` list[str] and, when stored,
-    ``actions`` int64 [N, T − 1]; raises ValueError naming the file if a key, dtype or shape is wrong."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("videos", "prompts") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing {missing}; a samples file holds 'videos', 'prompts' "
-                             f"and optionally 'actions', found {z.files}")
-        try:
-            arrays = {k: z[k] for k in z.files}
-        except ValueError as e:
-            raise ValueError(f"{path}: arrays must be plain (not pickled objects; prompts as a str array): {e}")
-    out = _validated(arrays["videos"], arrays["prompts"], arrays.get("actions"), str(path))
-    out["prompts"] = [str(p) for p in out["prompts"]]
     return out

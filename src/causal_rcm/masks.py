@@ -18,8 +18,10 @@ from typing import ClassVar
 
 import torch
 
-# Integer codes shared with the Triton kernel (constexpr MASK_KIND).
-DENSE, BLOCK_CAUSAL, TEACHER_FORCING = 0, 1, 2
+from .kv_policy import KVPolicy
+
+# Integer codes shared with the Triton kernel (constexpr MASK_KIND); NO_MASK is plain dense attention.
+NO_MASK, BLOCK_CAUSAL, TEACHER_FORCING = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -129,29 +131,19 @@ class Mask(ABC):
 
 @dataclass(frozen=True)
 class BlockCausal(Mask):
-    """Query block b sees key blocks j <= b; with a window W only j > b - W, plus sink blocks j < S."""
+    """Query block b sees the key blocks its KV policy allows: j <= b; with a window W only j > b − W, plus
+    the sink blocks j < S (``kv_policy.py``, shared with the KV cache)."""
 
     pattern: ChunkPattern
-    window: int | None = None
-    sink: int = 0
+    policy: KVPolicy = KVPolicy()
     kind: ClassVar[int] = BLOCK_CAUSAL
 
-    def __post_init__(self):
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window must be >= 1 block (or None), got {self.window}")
-        if self.sink < 0:
-            raise ValueError(f"sink must be >= 0 blocks, got {self.sink}")
-
     def visible(self, qf, kf, num_frames):
-        bq, bk = self.pattern.block_of(qf), self.pattern.block_of(kf)
-        ok = bk <= bq
-        if self.window is not None:
-            ok = ok & ((bk > bq - self.window) | (bk < self.sink))
-        return ok
+        return self.policy.sees(self.pattern.block_of(qf), self.pattern.block_of(kf))
 
     def kernel_args(self, num_frames):
         args = super().kernel_args(num_frames)
-        args.update(WINDOW=self.window or 0, SINK=self.sink)
+        args.update(WINDOW=self.policy.window or 0, SINK=self.policy.sink)
         return args
 
 
@@ -175,7 +167,7 @@ class TeacherForcing(Mask):
 
 
 def block_causal(pattern, window: int | None = None, sink: int = 0) -> BlockCausal:
-    return BlockCausal(ChunkPattern.parse(pattern), window, sink)
+    return BlockCausal(ChunkPattern.parse(pattern), KVPolicy(window, sink))
 
 
 def teacher_forcing(pattern) -> TeacherForcing:

@@ -1,0 +1,199 @@
+"""Files and the terminal: progress bars, JSONL logs, atomic writes and safetensors bundles.
+
+Everything that writes a file the user keeps goes through ``atomic_write``: the bytes land in a temporary
+file beside the target, are flushed to disk, then renamed over it, so a kill leaves the old file or the new
+one, never half of one.
+
+A *bundle* is one ``.safetensors`` file holding the weights of a few named modules (``net.*``,
+``text_encoder.*``, ...) with its JSON config in the file's metadata (and in a ``.json`` beside it, for
+people) and a sha256 over its tensors that ``load_bundle`` verifies. Bundles are what ``generate`` loads
+and what ships in ``assets/``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+class BundleError(ValueError):
+    """A bundle file that cannot be used (missing, not safetensors, truncated, corrupt, NaN weights)."""
+
+
+# ----- terminal -----------------------------------------------------------------------------------------
+def progress(iterable=None, **kw):
+    """tqdm that refreshes often on a terminal and rarely in a log file."""
+    kw.setdefault("mininterval", 0.5 if sys.stderr.isatty() else 30.0)
+    kw.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kw)
+
+
+def say(message: str) -> None:
+    """One line for the user that does not break a progress bar."""
+    tqdm.write(message)
+
+
+# ----- atomic files ---------------------------------------------------------------------------------------
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Fail before any work if ``path`` (a file to be written) cannot be created: its folder is made (or
+    must be makeable) and must accept a file; an existing directory at ``path`` is refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    return path
+
+
+def check_dir_writable(path: str | Path, what: str = "output folder") -> Path:
+    """The folder ``path`` exists or can be made, and accepts files."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file; give a folder")
+    check_writable(path / "probe", what)
+    return path
+
+
+# ----- JSONL logs -----------------------------------------------------------------------------------------
+class JsonlLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (a resumed run logs them again) and a torn last line."""
+        if not self.path.is_file():
+            return
+        keep = [json.dumps(r) for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        atomic_write(self.path, "".join(line + "\n" for line in keep))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; a torn last line (a kill mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+# ----- safetensors groups and bundles --------------------------------------------------------------------
+def flat_tensors(modules: dict, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``{name: module or state dict}`` -> ``{"name.key": tensor}`` on the CPU, contiguous."""
+    out = {}
+    for name, m in modules.items():
+        sd = m.state_dict() if hasattr(m, "state_dict") else m
+        for k, v in sd.items():
+            v = v.detach()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            out[f"{name}.{k}"] = v.cpu().contiguous()
+    return out
+
+
+def split_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        head, _, rest = k.partition(".")
+        groups.setdefault(head, {})[rest] = v
+    return groups
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def save_bundle(path: str | Path, modules: dict, config: dict, dtype: torch.dtype | None = None) -> Path:
+    from safetensors.torch import save
+
+    path = Path(path)
+    tensors = flat_tensors(modules, dtype)
+    meta = {"config": json.dumps(config), "tensors_sha256": tensors_sha256(tensors)}
+    atomic_write(path, save(tensors, metadata=meta))
+    atomic_write(path.with_suffix(".json"), json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def load_bundle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """(tensor groups, config) of a bundle; ``BundleError`` with one line for every way the file can be bad."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        raise BundleError(f"{path} is a directory; give the bundle's .safetensors file (e.g. {path}/model.safetensors)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no bundle at {path}")
+    if path.suffix != ".safetensors":
+        raise BundleError(f"{path}: expected a .safetensors bundle written by causal-rcm")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt: {e}); "
+                          "re-export or re-download it") from None
+    if "config" in meta:
+        config = json.loads(meta["config"])
+    elif path.with_suffix(".json").is_file():
+        config = json.loads(path.with_suffix(".json").read_text())
+    else:
+        raise BundleError(f"{path} carries no config (metadata 'config' or {path.with_suffix('.json').name})")
+    want = meta.get("tensors_sha256")
+    if want is not None and tensors_sha256(tensors) != want:
+        raise BundleError(f"{path}: its tensors do not match the checksum written with them (the file was "
+                          "changed after it was saved); re-export or re-download it")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise BundleError(f"{path}: {len(bad)} tensors hold NaN or infinite weights (first: {bad[0]}); the run that "
+                          "wrote it diverged: use an earlier checkpoint")
+    return split_prefixes(tensors), config
+
+
+def finite_or_none(v):
+    """JSON-friendly number: NaN and infinities become None."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
