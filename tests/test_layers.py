@@ -5,7 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "causal_rcm"
 GROUND = {"config", "flow", "masks", "kv_policy", "io", "seeding", "stats", "runtime", "__init__"}
-FLOORS = {"ground": 0, "kernels": 1, "models": 2, "worlds": 2, "data": 3, "stream": 4, "objectives": 5,
+FLOORS = {"ground": 0, "kernels": 1, "data": 1, "models": 2, "worlds": 2, "stream": 4, "objectives": 5,
           "train": 5, "eval": 5, "serve": 6, "stages": 7, "cli": 8}
 
 

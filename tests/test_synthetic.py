@@ -142,7 +142,7 @@ def test_resume_after_kill_gives_the_same_bytes(dataset, bundle, tmp_path):
     (run / "shard_00001.npz").unlink()
     (run / ".shard_00001.npz.tmp123").write_bytes(b"half a shard")
     (run / "manifest.json").write_text(json.dumps({**manifest, "shards": manifest["shards"][:1], "complete": False}))
-    with pytest.warns(SyntheticDataWarning, match="holds 4 of 6"):
+    with pytest.warns(SyntheticDataWarning, match="holds 4 valid samples of 6"):
         assert len(read_synthetic(run)["videos"]) == 4
     synth(bundle, run, batch=2)
     for f in ("shard_00000.npz", "shard_00001.npz"):
@@ -150,7 +150,7 @@ def test_resume_after_kill_gives_the_same_bytes(dataset, bundle, tmp_path):
     assert json.loads((run / "manifest.json").read_text())["shards"] == manifest["shards"]
     # a shard the manifest lists but that is gone is written again, with a warning
     (run / "shard_00000.npz").unlink()
-    with pytest.warns(SyntheticDataWarning, match="shard_00000.npz: listed in the manifest"):
+    with pytest.warns(SyntheticDataWarning, match="shard_00000.npz: listed in the manifest but missing"):
         synth(bundle, run)
     assert (run / "shard_00000.npz").read_bytes() == (dataset / "shard_00000.npz").read_bytes()
 
@@ -195,9 +195,9 @@ def test_bad_shards_are_reported_and_skipped(dataset, tmp_path):
             read_synthetic(run)
     messages = [str(w.message) for w in caught if w.category is SyntheticDataWarning]
     assert any("shard_00000.npz: cannot be read as .npz" in m for m in messages)
-    assert any("shard_00001.npz: videos is uint8 (2, 9, 8, 8, 3), expected uint8 (2, 9, 16, 16, 3)" in m
+    assert any("shard_00001.npz: videos is uint8 (2, 9, 8, 8, 3), expected |u1 (2, 9, 16, 16, 3)" in m
                for m in messages)
-    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+    with pytest.raises(FileNotFoundError, match="not a synthetic dataset"):
         read_synthetic(tmp_path)
 
 

@@ -49,17 +49,19 @@ def _world_sample(a):
     from .io import check_writable
     from .worlds.base import WorldConfig
     from .worlds.registry import make_world
-    from .worlds.samples import save_samples
+    from .worlds.writer import write_world_samples
 
     _positive("n", a.n)
+    _positive("workers", a.workers)
+    if Path(a.out).suffix.lower() != ".npz":
+        raise ValueError(f"--out {a.out}: give the .npz sample file to write")
     check_writable(a.out, "--out")
     world = make_world(WorldConfig(a.world, a.variant, a.size, a.frames))
+    if a.prompt is not None and a.prompt not in world.prompts():
+        raise ValueError(f"--prompt {a.prompt!r} is not a {a.world} {a.variant} prompt; valid: "
+                         + ", ".join(repr(x) for x in world.prompts()))
     t0 = time.time()
-    if getattr(world, "write_samples", None) is not None:  # worlds with slow ground truth write in shards
-        world.write_samples(a.out, a.n, a.seed, workers=a.workers)
-    else:
-        s = world.sample(a.n, a.seed, prompts=a.prompt)
-        save_samples(a.out, s["videos"], s["prompts"], s.get("actions"), world=json.dumps(vars(world.config)))
+    write_world_samples(world, a.out, a.n, a.seed, workers=a.workers, prompt=a.prompt)
     print(f"wrote {a.n} {a.world} {a.variant} videos of {a.frames}x{a.size}x{a.size} to {a.out} "
           f"({time.time() - t0:.1f} s)")
 

@@ -101,8 +101,6 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
-    resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
-    run_dir = Path(run_dir)
     src = load_bundle_for(cfg.init, "init", dev, trainable=True)
     real = load_bundle_for(cfg.teacher, "teacher", dev)
     if not isinstance(real.sampling, Euler):
@@ -128,6 +126,8 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     ids = local_ids(tc.batch, D.rank(), D.world_size())
     n_actions = gen_net.cfg.action_dim
     joint = _joint_setup(cfg, src, pattern, dev, ids) if cfg.joint else None
+    resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
 
     def real_fn(x, t, c, actions=None):
         return real_net(x, t, c, actions=actions)

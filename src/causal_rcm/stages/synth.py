@@ -24,8 +24,9 @@ import torch
 
 from ..data.synthetic import MANIFEST, check_ode_times, write_synthetic
 from ..flow import euler_sample
-from ..io import write_json
+from ..io import progress as progress_bar, write_json
 from ..runtime import autocast_for
+from ..seeding import derive
 from ..stream.bundle import Bundle
 from ..stream.codec import to_uint8
 from ..stream.sample import euler_batch, video_actions
@@ -178,15 +179,18 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
               "sampling": to_dict(sp), "prompts": prompt_source, "actions": with_actions,
               "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode)}
 
-    def make_shard(lo: int, hi: int, bar) -> dict:
+    def make_shard(lo: int, hi: int) -> dict:
         # a world model's videos follow the world's own (behaviour-policy) action sequences lo … hi − 1
-        acts = world.sample(hi - lo, cfg.seed, prompts=plist[lo:hi], start=lo)["actions"] if with_actions else None
-        videos, states, grid = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar)
-        arrays = {"videos": videos, "prompts": plist[lo:hi]}
+        acts = world.behaviour_actions([derive(cfg.seed, i) for i in range(lo, hi)]) if with_actions else None
+        bar = progress_bar(total=hi - lo, desc=f"videos {lo}..{hi - 1}", unit="video", leave=False,
+                           disable=not progress)
+        videos, states, _ = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar)
+        bar.close()
+        arrays = {"videos": videos, "prompts": np.array(plist[lo:hi], dtype=str)}
         if acts is not None:
             arrays["actions"] = acts
         if ode is not None:
-            arrays.update(ode_states=states, ode_times=grid)
+            arrays["ode_states"] = states
         return arrays
 
     resolved = {"stage": "synth", **asdict(cfg), "sampling": to_dict(sp), "world": asdict(bundle.world)}

@@ -31,7 +31,7 @@ from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
 from ..worlds.base import WorldConfig
 from ..worlds.registry import check_world, make_world
 from ..worlds.loader import world_loader
-from .common import EvalConfig, begin_run, load_bundle_for
+from .common import EvalConfig, begin_run, load_bundle_for, seed_everything
 from .report import evaluate_bundle
 
 
@@ -89,8 +89,7 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
-    resolved = begin_run("teacher", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
-    run_dir = Path(run_dir)
+    seed_everything(tc.seed)  # the initial weights come from the run's seed
     net, text = build_teacher(cfg)
     if cfg.init:
         start = load_bundle_for(cfg.init, "init", "cpu")
@@ -98,6 +97,8 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
             raise ValueError(f"init={cfg.init} holds a different model or text encoder than this config")
         net.load_state_dict(start.net.state_dict())
         text.load_state_dict(start.text_encoder.state_dict())
+    resolved = begin_run("teacher", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
     teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
     ema = make_ema(teacher, tc)
     stepper = Stepper(teacher.parameters(), tc)

@@ -136,10 +136,8 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     tc, m = cfg.train, METHODS[cfg.method]
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
-    resolved = begin_run(cfg.method, cfg, run_dir, tc.seed, D.world_size(), D.is_main())
-    run_dir = Path(run_dir)
     pattern = ChunkPattern.parse(cfg.pattern)
-
+    # every input is loaded and checked before the run folder is touched
     src = load_bundle_for(cfg.init, "init", dev, trainable=True)
     if m.dual_time:
         src = with_dual_time(src)
@@ -148,6 +146,8 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     pattern.check(src.latent_shape[1])
     data = TFData(cfg.data, src, m.needs_ode, tc.seed, dev)
     teacher = load_bundle_for(cfg.teacher, "teacher", dev).net if m.needs_teacher else None
+    resolved = begin_run(cfg.method, cfg, run_dir, tc.seed, D.world_size(), D.is_main())
+    run_dir = Path(run_dir)
     ema = make_ema(net, tc)
     stepper = Stepper(net.parameters(), tc)
     v_fn, jvp_fn = obj.net_fns(net)

@@ -32,7 +32,20 @@ def _blobworld_check(cfg: WorldConfig) -> None:
         raise ValueError(f"unknown Blobworld variant {cfg.variant!r}; choose one of {VARIANTS}")
 
 
-WORLDS: dict[str, WorldEntry] = {"blobworld": WorldEntry(_blobworld_build, _blobworld_check)}
+def _atari_build(cfg: WorldConfig) -> World:
+    from .atari import build
+
+    return build(cfg)
+
+
+def _atari_check(cfg: WorldConfig) -> None:
+    from .atari import check
+
+    check(cfg)
+
+
+WORLDS: dict[str, WorldEntry] = {"blobworld": WorldEntry(_blobworld_build, _blobworld_check),
+                                 "atari": WorldEntry(_atari_build, _atari_check)}
 
 
 def check_world(cfg: WorldConfig) -> WorldConfig:
