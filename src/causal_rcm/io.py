@@ -57,28 +57,37 @@ def write_json(path: str | Path, obj) -> Path:
     return atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
 def check_writable(path: str | Path, what: str = "output") -> Path:
-    """Fail before any work if ``path`` (a file to be written) cannot be created: its folder is made (or
-    must be makeable) and must accept a file; an existing directory at ``path`` is refused."""
+    """Fail before any work if the file ``path`` could not be written: an existing directory there, a file
+    where a folder on the way should be, or a folder that refuses writes. Creates nothing."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a directory; give a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write {what} {path}: {e.strerror or e}") from None
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise ValueError(f"cannot write {what} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {path}: {base} is not writable")
     return path
 
 
 def check_dir_writable(path: str | Path, what: str = "output folder") -> Path:
-    """The folder ``path`` exists or can be made, and accepts files."""
+    """The folder ``path`` exists or could be made, and accepts files. Creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path} is a file; give a folder")
-    check_writable(path / "probe", what)
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise ValueError(f"cannot write {what} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {what} {path}: {base} is not writable")
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import check_dir_writable, write_json
+from ..io import check_dir_writable
 from ..stream.bundle import Bundle
 
 
@@ -40,14 +40,11 @@ def seed_everything(seed: int) -> None:
 
 
 def begin_run(stage: str, cfg, run_dir: str | Path, seed: int, world_size: int = 1, is_main: bool = True) -> dict:
-    """Check the run folder can be written, write its resolved config.json (with the world size), seed every
-    generator; returns the resolved config (what a resumed run must match)."""
-    run_dir = check_dir_writable(run_dir, "run folder")
-    resolved = {"stage": stage, **config_dict(cfg), "world_size": world_size}
-    if is_main:
-        write_json(run_dir / "config.json", resolved)
+    """Check the run folder can be written and seed every generator; returns the resolved config (with the
+    world size), which ``run_loop`` compares with a run it resumes and writes to RUN/config.json."""
+    check_dir_writable(run_dir, "run folder")
     seed_everything(seed)
-    return {k: v for k, v in resolved.items() if k != "world_size"}
+    return {"stage": stage, **config_dict(cfg), "world_size": world_size}
 
 
 def load_bundle_for(path: str, what: str, device, trainable: bool = False) -> Bundle:

@@ -24,7 +24,7 @@ from ..io import JsonlLog, progress, say, write_json
 from .checkpoint import checkpoint_meta, latest_checkpoint, load_training_state, save_training_state
 
 # settings a resumed run may change: budgets, schedules of side work, and where it runs
-RESUMABLE_KEYS = ("train.steps", "train.time_limit", "train.ckpt_every", "train.eval_every", "train.eval_first",
+RESUMABLE_KEYS = ("world_size", "train.steps", "train.time_limit", "train.ckpt_every", "train.eval_every", "train.eval_first",
                   "train.log_every", "train.num_workers", "train.resume", "train.cooldown", "eval.")
 
 
@@ -169,6 +169,8 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
     """Run steps [start, cfg.steps) (or until ``cfg.time_limit``); returns the number of steps done.
     ``config``: the run's resolved config, stored with every checkpoint and compared on resume."""
     run_dir = Path(run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "metrics.jsonl")
     start, extra, elapsed = 0, {"config": config or {}}, 0.0
     ckpt = latest_checkpoint(run_dir)
@@ -188,6 +190,8 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
             say(f"[{desc}] resumed from {ckpt} at step {start}")
     elif is_main:
         log.truncate_after(0)  # a fresh run (no usable checkpoint) starts a fresh log
+    if is_main and config is not None:  # the record of the settings this run goes on with
+        write_json(run_dir / "config.json", config)
     summary = {"stage": desc, "steps_done": start, "steps": cfg.steps, "run_dir": str(run_dir)}
     if start >= cfg.steps:
         return start
@@ -221,8 +225,10 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 if is_main:
                     log.write({"step": step + 1, "event": "non_finite", "detail": str(e)})
                 if bad >= cfg.max_bad_steps:
+                    kept = latest_checkpoint(run_dir)
                     raise Diverged(f"{bad} consecutive non-finite steps at step {step} ({e}); lower the learning "
-                                   f"rate or check the data; the last good checkpoint is kept in {run_dir}") from None
+                                   "rate or check the data; " + (f"the last good checkpoint is kept: {kept}" if kept
+                                                                 else "no checkpoint was written yet")) from None
                 continue
             for k, v in (reduce(metrics) if reduce is not None else metrics).items():
                 sums[k] = sums.get(k, 0.0) + float(v)

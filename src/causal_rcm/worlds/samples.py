@@ -59,6 +59,9 @@ def load_samples(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is a directory; give a .npz sample file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no sample file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .npz sample file (write one with `causal-rcm generate` or "
+                         "`causal-rcm world sample`)")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = list(z.files)
