@@ -174,7 +174,7 @@ def _generate(a):
     if start is not None:
         if actions is None:
             actions = start.get("actions")
-        start_frames = start["videos"][:n]
+        start_frames = start["videos"][:n, :bundle.first_block_frames]
     else:
         start_frames = None
     t0 = time.time()
@@ -206,7 +206,7 @@ def _synth(a):
     check_dir_writable(a.out, "--out")
     cfg = SynthConfig(teacher=a.teacher, n=a.n, seed=a.seed, shard_size=a.shard_size, batch=a.batch,
                       steps=_positive("steps", a.steps), cfg=a.cfg, shift=a.shift, prompts_file=a.prompts,
-                      ode_times=None if a.ode_times is None else parse_times(a.ode_times))
+                      ode_times=None if a.ode_times is None else parse_times(a.ode_times), data=a.data or "")
     t0 = time.time()
     out = run_synth(cfg, a.out, device=a.device)
     print(synth_summary(out, time.time() - t0))
@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file with one prompt per line, cycled (default: the world's prompts in a seeded order)")
     s.add_argument("--ode-times", default=None, help="also store the teacher's ODE states nearest to these "
                    "comma-separated RF times, e.g. 0.9994,0.9375,0.8333,0.625")
+    s.add_argument("--data", default=None, help="world models: a world sample file whose actions (and first "
+                   "frames, for worlds started from real frames) the teacher follows")
     s.add_argument("--device", default=None)
 
     r = cmd("run", "run a recipe (a YAML file or a built-in name: blob-tiny, blob-s, blob-s-short)", _run)

@@ -91,6 +91,12 @@ def _blob_tiny() -> WanConfig:
                      num_layers=3, patch_size=(1, 4, 4))
 
 
+def _atari() -> WanConfig:
+    # Pixel-space model for 64x64 Atari frames: 4x4 patches give 256 tokens per frame (5,376 per 21 frames).
+    return WanConfig(in_dim=3, out_dim=3, dim=256, ffn_dim=1024, freq_dim=128, text_dim=128, num_heads=4,
+                     num_layers=8, patch_size=(1, 4, 4))
+
+
 def _wan_1_3b() -> WanConfig:
     return WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30)
 
@@ -99,7 +105,8 @@ def _wan_14b() -> WanConfig:
     return WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 
-PRESETS = {"tiny": _tiny, "blob-tiny": _blob_tiny, "blob-s": _blob_s, "wan2.1-1.3b": _wan_1_3b, "wan2.1-14b": _wan_14b}
+PRESETS = {"tiny": _tiny, "blob-tiny": _blob_tiny, "blob-s": _blob_s, "atari": _atari, "wan2.1-1.3b": _wan_1_3b,
+           "wan2.1-14b": _wan_14b}
 
 
 def preset(name: str) -> WanConfig:

@@ -16,7 +16,8 @@ def dmd_target(G: torch.Tensor, real_fn, fake_fn, t_D: torch.Tensor, eps: torch.
                w_real: float, actions: Actions | None = None):
     """sg(G − grad): x_D = (1 − t_D)·G + t_D·ε; x̂0_real from the teacher (CFG w_real), x̂0_fake from the
     critic; w = mean|G − x̂0_real| (≥ 1e-5) per sample; grad = (x̂0_fake − x̂0_real) / w. fp64.
-    Both scores see the rollout's actions (the teacher's unconditional rows: none)."""
+    Both scores see the rollout's actions (the teacher's unconditional rows: none). t_D is [B] or per frame
+    [B, T]: given first frames sit at t_D = 0, where x̂0 = G and the gradient vanishes."""
     with torch.no_grad():
         G0 = G.detach()
         x_D = noisy(G0, eps, t_D)
@@ -36,11 +37,14 @@ def dmd_loss(G: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (G.double() - target).square().flatten(1).sum(1).mean()
 
 
-def critic_loss(fake_fn, G: torch.Tensor, t_D: torch.Tensor, eps: torch.Tensor, ctx, actions: Actions | None = None):
-    """Flow matching of the fake score on rollouts: mean‖v_fake(x_D, t_D) − (ε − G)‖², G detached."""
+def critic_loss(fake_fn, G: torch.Tensor, t_D: torch.Tensor, eps: torch.Tensor, ctx, actions: Actions | None = None,
+                given: int = 0):
+    """Flow matching of the fake score on rollouts: mean‖v_fake(x_D, t_D) − (ε − G)‖², G detached; the first
+    ``given`` frames (a prefilled start, at t_D = 0) are context, not part of the loss."""
     G = G.detach()
     x_D = noisy(G, eps, t_D)
-    loss = (fake_fn(x_D, t_D, ctx, actions=actions).float() - (eps - G).float()).square().mean()
+    err = (fake_fn(x_D, t_D, ctx, actions=actions).float() - (eps - G).float()).square()
+    loss = err[:, :, given:].mean()
     return loss, {"critic_loss": loss.detach()}
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..flow import x0_from_v
+from ..masks import ChunkPattern
 from ..models.conditioning import Actions
 from ..models.kv_cache import KVCache
 from ..stream.engine import Engine, Noise
@@ -26,10 +27,11 @@ from ..stream.sampling import FewStep
 
 @dataclass
 class Rollout:
-    video: torch.Tensor                 # G [B, C, T, H, W] (with grad unless replayed)
-    last_inputs: list[tuple[torch.Tensor, float]]  # per block: (x, t) of its last step
+    video: torch.Tensor                 # G [B, C, T, H, W] (with grad unless replayed); given frames first
+    last_inputs: list[tuple[torch.Tensor, float]]  # per generated block: (x, t) of its last step
     cache: KVCache
-    steps: list[int]                    # steps run per block
+    steps: list[int]                    # steps run per generated block
+    given: int = 0                      # frames given as the first block (prefill), not generated
 
 
 def exit_steps(iteration: int, how: FewStep, n_blocks: int) -> list[int]:
@@ -39,23 +41,29 @@ def exit_steps(iteration: int, how: FewStep, n_blocks: int) -> list[int]:
 
 
 def rollout(net, ctx: torch.Tensor, noise: Noise, shape: tuple[int, ...], how: FewStep, iteration: int,
-            replay: bool = False, actions: Actions | None = None) -> Rollout:
-    """G = the generator's video for ``ctx`` (shape = (C, T, H, W)), block by block with a KV cache."""
+            replay: bool = False, actions: Actions | None = None, prefill: torch.Tensor | None = None) -> Rollout:
+    """G = the generator's video for ``ctx`` (shape = (C, T, H, W)), block by block with a KV cache;
+    ``prefill`` (the first block's frames, given: a world model started from real frames) is written as
+    clean context and leads G unchanged."""
     C, T, H, W = shape
     engine = Engine(net, how, (C, H, W), max_frames=T)
-    state = engine.start(ctx, None, noise)
+    pattern = engine.pattern
+    first = None if actions is None or prefill is None else actions.frames_slice(0, prefill.shape[2])
+    state = engine.start(ctx, None, noise, prefill, first)
     # the prompt's cross-attention K/V: once per rollout, in the graph (every block's last step uses them)
     with torch.set_grad_enabled(not replay):
         state.cache.cross = net.context_kv(ctx)
-    pattern = engine.pattern
     steps = exit_steps(iteration, how, pattern.num_blocks(T))
-    blocks, last_inputs = [], []
+    blocks, last_inputs, ran = ([] if prefill is None else [prefill]), [], []
     for b, (s, e) in enumerate(pattern.blocks(T)):
+        if b < state.block:
+            continue
         x0, state = engine.step(state, None if actions is None else actions.frames_slice(s, e), n_steps=steps[b],
                                 grad_last=not replay, decode=False)
         last_inputs.append(state.last_input)
+        ran.append(steps[b])
         blocks.append(x0)
-    return Rollout(torch.cat(blocks, dim=2), last_inputs, state.cache, steps)
+    return Rollout(torch.cat(blocks, dim=2), last_inputs, state.cache, ran, 0 if prefill is None else prefill.shape[2])
 
 
 def replay_blocks(net, ctx: torch.Tensor, ro: Rollout, pattern, target: torch.Tensor, loss_fn,
@@ -63,13 +71,11 @@ def replay_blocks(net, ctx: torch.Tensor, ro: Rollout, pattern, target: torch.Te
     """Re-run each block's last step with gradients against the cache prefix it saw in the rollout, and
     backpropagate ``loss_fn(x0_block, target_block)`` block by block; returns the summed loss (detached).
     With a loss that is a sum over blocks, the gradients equal those of the plain (non-replayed) path."""
-    from ..masks import ChunkPattern
-
     pattern = ChunkPattern.parse(pattern)
     cache = ro.cache
     total = torch.zeros((), device=target.device, dtype=torch.float64)
-    for b, (s, e) in enumerate(pattern.blocks(target.shape[2])):
-        x, t = ro.last_inputs[b]
+    generated = [(s, e) for s, e in pattern.blocks(target.shape[2]) if s >= ro.given]
+    for (s, e), (x, t) in zip(generated, ro.last_inputs):
         with cache.prefix(s), torch.enable_grad():
             cache.cross = net.context_kv(ctx)  # rebuilt per block: its graph is freed by each backward
             t_vec = torch.full((x.shape[0],), float(t), device=x.device)

@@ -88,7 +88,7 @@ def _overrides(st: dict, outputs: dict | None = None) -> list[str]:
 def _teacher(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     from .teacher import resolve, train_teacher
 
-    cfg = resolve(st.get("preset", "blob-s"), _overrides(st))
+    cfg = resolve(st.get("preset", "blob-s"), _overrides(st, outputs))
     bundle = run_dir / "teacher.safetensors"
     if not bundle.is_file():
         train_teacher(cfg, run_dir, device)
@@ -119,8 +119,14 @@ def _student(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     return {"bundle": bundle, "run_dir": run_dir, "world": world}
 
 
+def _world(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    from .world_data import run_world_data
+
+    return run_world_data(st, _overrides(st, outputs), run_dir)
+
+
 STUDENT_STAGES = ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd")
-STAGE_RUNNERS = {"teacher": _teacher, "synth": _synth, **{m: _student for m in STUDENT_STAGES}}
+STAGE_RUNNERS = {"world": _world, "teacher": _teacher, "synth": _synth, **{m: _student for m in STUDENT_STAGES}}
 
 
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:

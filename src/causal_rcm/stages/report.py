@@ -7,6 +7,7 @@ block of frames), so its scores compare the same actions frame by frame.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,10 @@ class Scored:
     actions: np.ndarray | None = None
 
 
+@functools.lru_cache(maxsize=8)
 def eval_data(world: WorldConfig, ev: EvalConfig) -> dict:
-    """The evaluation set: prompts in the evaluation layout, rendered from ``ev.seed + 1`` (with actions)."""
+    """The evaluation set: prompts in the evaluation layout, rendered from ``ev.seed + 1`` (with actions);
+    kept for the periodic evaluations of a run (an emulated world renders slowly). Callers do not modify it."""
     w = make_world(world)
     prompts = [p for p in w.eval_prompts(ev.prompts) for _ in range(ev.per_prompt)]
     return w.sample(len(prompts), seed=ev.seed + 1, prompts=prompts if w.prompts() else None)
@@ -45,10 +48,10 @@ def eval_data(world: WorldConfig, ev: EvalConfig) -> dict:
 def _model_samples(bundle: Bundle, ev: EvalConfig, data: dict, show_progress: bool, sampling=None,
                    timings=None) -> tuple[dict, int]:
     """(the model's sample dict in the evaluation layout, the number of given context frames)."""
-    starts = bundle.causal and getattr(make_world(bundle.world), "starts_from_frames", False)
+    starts = make_world(bundle.world).starts_from_frames
     context = bundle.first_block_frames if starts else 0
     videos = sample_videos(bundle, data["prompts"], seed=ev.seed, sampling=sampling, batch=ev.batch,
-                           actions=data.get("actions"), start_frames=data["videos"] if starts else None,
+                           actions=data.get("actions"), start_frames=data["videos"][:, :context] if starts else None,
                            show_progress=show_progress, timings=timings)
     return {**data, "videos": videos, "truth": data["videos"]}, context
 

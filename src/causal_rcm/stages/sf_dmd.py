@@ -31,6 +31,7 @@ from ..objectives.tf_methods import METHODS, Nets, Objective, StepInfo
 from ..runtime import autocast_for, resolve_device, set_matmul_precision
 from ..seeding import CRITIC, GENERATOR, JOINT, SampleRandom, derive, local_ids
 from ..stream.bundle import Bundle
+from ..stream.codec import to_unit
 from ..stream.engine import Noise
 from ..stream.sampling import Euler, FewStep
 from ..train import distributed as D
@@ -77,7 +78,15 @@ def dmd_preset(name: str) -> DMDConfig:
         return DMDConfig(train=dataclasses.replace(base, steps=20, batch=8, lr=5e-5, warmup=5, ckpt_every=20,
                                                    eval_every=0, num_workers=0),
                          critic_ratio=2, eval=EvalConfig(prompts=4, per_prompt=4, batch=16))
-    raise ValueError(f"unknown sf_dmd preset {name!r}; choose blob-s or blob-tiny")
+    if name == "atari":
+        return DMDConfig(train=dataclasses.replace(base, steps=400, batch=16, lr=2e-5, warmup=20, ckpt_every=100,
+                                                   eval_every=200, num_workers=0),
+                         eval=EvalConfig(prompts=1, per_prompt=64, batch=64))
+    if name == "atari-tiny":
+        return DMDConfig(train=dataclasses.replace(base, steps=2, batch=2, lr=5e-5, warmup=1, ckpt_every=2,
+                                                   eval_every=0, num_workers=0),
+                         critic_ratio=1, eval=EvalConfig(prompts=1, per_prompt=2, batch=2))
+    raise ValueError(f"unknown sf_dmd preset {name!r}; choose blob-s, blob-tiny, atari or atari-tiny")
 
 
 def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
@@ -135,38 +144,55 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     def fake_fn(x, t, c, actions=None):
         return critic(x, t, c, actions=actions)
 
+    starts = w.starts_from_frames
+    if starts and not cfg.data:
+        raise ValueError(f"a {world.name} world model starts from real frames: give data= (its synthetic dataset), "
+                         "whose first frames and actions start the rollouts")
+    starts_from = TFData(cfg.data, src, False, tc.seed, dev).data if starts else None
+    given = src.first_block_frames if starts else 0
+
     def draw(step: int, tag: int, sub: int):
-        """One rollout batch: prompts, contexts, per-sample noise, actions, and the DMD/critic draws."""
+        """One rollout batch: prompts, contexts, per-sample noise, actions, given first frames, and the
+        DMD/critic draws (per frame: the given frames at t_D = 0)."""
         rng = SampleRandom(tc.seed, tag, step * 64 + sub, ids, dev)
-        idx = rng.randint(len(prompts_all)).tolist()
-        prompts = [prompts_all[i] for i in idx]
+        prefill, a = None, None
+        if starts_from is not None:  # real first frames and the actions recorded after them
+            rows = rng.randint(len(starts_from["videos"])).cpu().numpy()
+            prompts = [starts_from["prompts"][i] for i in rows]
+            prefill = src.codec.encode(to_unit(starts_from["videos"][rows][:, :given]).to(dev))
+            a = starts_from["actions"][rows]
+        else:
+            prompts = [prompts_all[i] for i in rng.randint(len(prompts_all)).tolist()]
+            if n_actions:  # the world's behaviour policy: the same distribution the data follow
+                a = w.behaviour_actions([derive(tc.seed, tag, step, sub, j) for j in ids])
         ctx, ctx_u = src.contexts(prompts)
         noise = Noise(tc.seed, [derive(tag, step, sub, j) for j in ids], dev)
-        actions = None
-        if n_actions:  # the world's behaviour policy: the same distribution the data follow
-            a = w.behaviour_actions([derive(tc.seed, tag, step, sub, j) for j in ids])
-            actions = encode_actions(frame_action_ids(a, shape[1]), n_actions, dev)
+        actions = None if a is None else encode_actions(frame_action_ids(a, shape[1]), n_actions, dev)
         t_D = shift(rng.rand(), cfg.t_shift)
+        if given:
+            t_D = t_D[:, None].repeat(1, shape[1])
+            t_D[:, :given] = 0
         eps = rng.randn(*shape)
-        return ctx, ctx_u, noise, actions, t_D, eps
+        return ctx, ctx_u, noise, actions, prefill, t_D, eps
 
     def step_fn(step: int) -> dict:
         m: dict[str, float] = {}
         for k in range(cfg.critic_ratio):
-            ctx, _, noise, actions, t_D, eps = draw(step, CRITIC, k)
+            ctx, _, noise, actions, prefill, t_D, eps = draw(step, CRITIC, k)
             with torch.no_grad(), autocast_for(dev, tc.precision):
                 G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
-                            actions=actions).video
+                            actions=actions, prefill=prefill).video
             with autocast_for(dev, tc.precision):
-                loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions)
+                loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions, given)
             mc.update({f"critic_{n}": v for n, v in critic_opt.step(loss_c, step).items()})
             for n, v in mc.items():
                 m[n] = m.get(n, 0.0) + float(v) / cfg.critic_ratio
         # generator: rollout, DMD target on the whole video, gradients (replayed block by block or plain)
-        ctx, ctx_u, noise, actions, t_D, eps = draw(step, GENERATOR, 0)
+        ctx, ctx_u, noise, actions, prefill, t_D, eps = draw(step, GENERATOR, 0)
         with autocast_for(dev, tc.precision):
             with torch.set_grad_enabled(not cfg.replay):
-                ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions)
+                ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions,
+                             prefill=prefill)
             target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
             if cfg.replay:
                 dmd_value = replay_blocks(gen_net, ctx, ro, pattern, target,

@@ -28,7 +28,7 @@ from ..io import progress as progress_bar, write_json
 from ..runtime import autocast_for
 from ..seeding import derive
 from ..stream.bundle import Bundle
-from ..stream.codec import to_uint8
+from ..stream.codec import to_uint8, to_unit
 from ..stream.sample import euler_batch, video_actions
 from ..stream.sampling import Euler, to_dict, with_overrides
 from ..worlds.registry import make_world
@@ -49,6 +49,8 @@ class SynthConfig:
     shift: float | None = None
     ode_times: tuple[float, ...] | None = None
     prompts_file: str | None = None
+    data: str = ""  # world models: a world sample file whose actions (and, for worlds that start from real
+                    # frames, first frames) the teacher follows; sample i uses its video i mod N
 
 
 def synth_preset(name: str) -> SynthConfig:
@@ -57,7 +59,11 @@ def synth_preset(name: str) -> SynthConfig:
         return SynthConfig(teacher="", n=4096, batch=256)
     if name == "blob-tiny":
         return SynthConfig(teacher="", n=256, shard_size=128, batch=64)
-    raise ValueError(f"unknown synth preset {name!r}; choose blob-s or blob-tiny")
+    if name == "atari":
+        return SynthConfig(teacher="", n=2048, batch=128)
+    if name == "atari-tiny":
+        return SynthConfig(teacher="", n=4, shard_size=4, batch=4)
+    raise ValueError(f"unknown synth preset {name!r}; choose blob-s, blob-tiny, atari or atari-tiny")
 
 
 def world_prompt_order(world, n: int, seed: int) -> list[str]:
@@ -130,18 +136,20 @@ def grid_times(sp: Euler, ode_times: list[float]) -> list[float]:
 @torch.no_grad()
 def teacher_samples(bundle: Bundle, prompts: Sequence[str], seed: int, start: int, sp: Euler,
                     actions: np.ndarray | None = None, ode_times: Sequence[float] | None = None, batch: int = 64,
-                    bar=None):
+                    bar=None, first_frames: np.ndarray | None = None):
     """Videos uint8 [N, T, H, W, 3] of the bidirectional teacher, prompts[j] from noise (seed, start + j)
-    (and actions[j] for a world model); with ``ode_times`` also the trajectory states float16
-    [N, K, C, T, H, W] at the nearest grid times float32 [K] (else None, None)."""
+    (and actions[j] for a world model, from ``first_frames[j]`` uint8 [P, H, W, 3] when given); with
+    ``ode_times`` also the trajectory states float16 [N, K, C, T, H, W] at the nearest grid times float32 [K]
+    (else None, None)."""
     dev = bundle.device
     T = bundle.latent_shape[1]
     videos, states, grid = [], [], None
     for s in range(0, len(prompts), batch):
         chunk = list(prompts[s:s + batch])
         a = None if actions is None else video_actions(bundle, actions[s:s + batch], T, dev)
+        prefix = None if first_frames is None else bundle.codec.encode(to_unit(first_frames[s:s + batch]).to(dev))
         with autocast_for(dev):
-            out = euler_batch(bundle, chunk, seed, start + s, sp, a, bar, keep=ode_times)
+            out = euler_batch(bundle, chunk, seed, start + s, sp, a, bar, keep=ode_times, prefix=prefix)
         if ode_times is None:
             x0 = out
         else:
@@ -174,17 +182,26 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
         prompt_source = {"source": "list", "count": len(prompts),
                          "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
     with_actions = bool(world.action_names)
+    source = _source(cfg, bundle, world)
     config = {"teacher": {"path": str(cfg.teacher), "weights_sha256": weights_sha256(bundle)},
               "seed": int(cfg.seed), "world": asdict(bundle.world), "video_shape": list(bundle.latent_shape),
               "sampling": to_dict(sp), "prompts": prompt_source, "actions": with_actions,
-              "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode)}
+              "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode),
+              "data": None if source is None else source["sha256"],
+              "context_frames": 0 if source is None or source["first"] is None else source["first"].shape[1]}
 
     def make_shard(lo: int, hi: int) -> dict:
         # a world model's videos follow the world's own (behaviour-policy) action sequences lo … hi − 1
-        acts = world.behaviour_actions([derive(cfg.seed, i) for i in range(lo, hi)]) if with_actions else None
+        rows = None if source is None else np.arange(lo, hi) % len(source["actions"])
+        if source is not None:
+            acts = source["actions"][rows]
+        else:
+            acts = world.behaviour_actions([derive(cfg.seed, i) for i in range(lo, hi)]) if with_actions else None
+        first = None if source is None or source["first"] is None else source["first"][rows]
         bar = progress_bar(total=hi - lo, desc=f"videos {lo}..{hi - 1}", unit="video", leave=False,
                            disable=not progress)
-        videos, states, _ = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar)
+        videos, states, _ = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar,
+                                            first)
         bar.close()
         arrays = {"videos": videos, "prompts": np.array(plist[lo:hi], dtype=str)}
         if acts is not None:
@@ -201,6 +218,27 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
     write_synthetic(out, cfg.n, cfg.shard_size, config, make_shard, progress, str(bundle.device))
     write_json(out / "config.json", resolved)
     return out
+
+
+def _source(cfg: SynthConfig, bundle: Bundle, world) -> dict | None:
+    """The world sample file a world model's synthetic videos follow: its actions, and for a world whose
+    models start from real frames its first ``context_frames`` frames (the teacher's ``prefix_frames``)."""
+    if not cfg.data:
+        if world.starts_from_frames:
+            raise ValueError(f"a {world.config.name} world model starts from real frames: give data= (a file from "
+                             "`causal-rcm world sample`) whose first frames and actions the teacher follows")
+        return None
+    from ..worlds.samples import load_samples
+
+    s = load_samples(cfg.data)
+    if "actions" not in s:
+        raise ValueError(f"{cfg.data} holds no actions; the synthetic data of a world model follow its actions")
+    if s["videos"].shape[1:] != (world.config.frames, world.config.size, world.config.size, 3):
+        raise ValueError(f"{cfg.data} holds videos {s['videos'].shape[1:]}, the teacher's world has "
+                         f"{(world.config.frames, world.config.size, world.config.size, 3)}")
+    P = bundle.first_block_frames if world.starts_from_frames else 0
+    return {"actions": s["actions"], "first": s["videos"][:, :P] if P else None,
+            "sha256": hashlib.sha256(s["videos"].tobytes() + s["actions"].tobytes()).hexdigest()}
 
 
 def synth_summary(out: Path, seconds: float) -> str:

@@ -48,11 +48,17 @@ class TeacherConfig:
     t_std: float = 1.0
     t_shift: float = 3.0
     cfg_dropout: float = 0.1
+    # world models started from real frames (Atari) and I2V: each sample gives its first P frames clean, P
+    # drawn from these (0 = none), so the teacher samples from any of them (stream/sample.euler_batch)
+    prefix_frames: tuple[int, ...] = ()
     compile: bool = True  # torch.compile the network on GPU
+    data: str = ""  # a world sample file to train on instead of rendering batches (worlds that emulate: Atari)
     init: str = ""  # start from a teacher bundle's weights (e.g. continue the shipped teacher)
 
     def __post_init__(self):
         check_world(self.world)
+        if any(p < 0 or p >= self.world.frames for p in self.prefix_frames):
+            raise ValueError(f"prefix_frames {self.prefix_frames} must lie in 0..{self.world.frames - 1}")
 
 
 def teacher_preset(name: str) -> TeacherConfig:
@@ -66,7 +72,21 @@ def teacher_preset(name: str) -> TeacherConfig:
             train=TrainConfig(steps=1000, batch=32, lr=1e-3, warmup=50, ckpt_every=250,
                               eval_every=0, num_workers=1),
             sample=Euler(steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16), compile=False)
-    raise ValueError(f"unknown teacher preset {name!r}; choose blob-s or blob-tiny")
+    if name == "atari":  # trains on a world-data file (data=...); starts from 1 or 3 real frames
+        return TeacherConfig(
+            model=model_preset("atari"), world=WorldConfig("atari", "Pong", 64, 21), prefix_frames=(1, 3),
+            train=TrainConfig(steps=8000, batch=32, lr=3e-4, warmup=200, ckpt_every=500, eval_every=2000,
+                              num_workers=0),
+            sample=Euler(steps=30, cfg=2.0, shift=3.0), eval=EvalConfig(prompts=1, per_prompt=64, batch=64))
+    if name == "atari-tiny":  # the CPU smoke test of the Atari recipe
+        return TeacherConfig(
+            model=WanConfig(in_dim=3, out_dim=3, dim=32, ffn_dim=64, freq_dim=32, text_dim=32, num_heads=2,
+                            num_layers=2, patch_size=(1, 8, 8)),
+            text=TextEncoderConfig(dim=32, num_layers=1, num_heads=2), world=WorldConfig("atari", "Pong", 64, 5),
+            prefix_frames=(1,), train=TrainConfig(steps=4, batch=4, lr=1e-3, warmup=1, ckpt_every=4, eval_every=0,
+                                                  num_workers=0),
+            sample=Euler(steps=4, cfg=2.0), eval=EvalConfig(prompts=1, per_prompt=4, batch=4), compile=False)
+    raise ValueError(f"unknown teacher preset {name!r}; choose blob-s, blob-tiny, atari or atari-tiny")
 
 
 def build_teacher(cfg: TeacherConfig) -> tuple[WanDiT, WorldTextEncoder]:
@@ -93,9 +113,13 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     net, text = build_teacher(cfg)
     if cfg.init:
         start = load_bundle_for(cfg.init, "init", "cpu")
-        if start.net.cfg != net.cfg or start.text_encoder.cfg != text.cfg:
+        same = dataclasses.replace(start.net.cfg, action_dim=net.cfg.action_dim) == net.cfg
+        if not same or start.text_encoder.cfg != text.cfg:
             raise ValueError(f"init={cfg.init} holds a different model or text encoder than this config")
-        net.load_state_dict(start.net.state_dict())
+        # an action-free teacher starts a world model: its new action embedding stays at zero (METHOD.md §7)
+        missing = net.load_state_dict(start.net.state_dict(), strict=False).missing_keys
+        if any(not k.startswith("action_embedding.") for k in missing):
+            raise ValueError(f"init={cfg.init} lacks weights {missing[:4]}")
         text.load_state_dict(start.text_encoder.state_dict())
     resolved = begin_run("teacher", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
@@ -106,34 +130,46 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     ids = local_ids(tc.batch, D.rank(), D.world_size())
     n_actions = net.cfg.action_dim
     loader = {}
+    files = _training_file(cfg) if cfg.data else None
 
     def step_fn(step: int) -> dict:
-        if "it" not in loader:  # built at the first step the loop runs: a resumed run starts where it stopped
-            loader["it"] = world_loader(cfg.world, tc.batch, tc.seed, step,
-                                        tc.num_workers if dev.type == "cuda" else 0, ids)
-        t_wait = time.perf_counter()
-        batch = next(loader["it"])
-        t_wait = time.perf_counter() - t_wait
         rng = SampleRandom(tc.seed, DATA, step, ids, dev)
+        t_wait = time.perf_counter()
+        if files is not None:  # sample j of step s: a random video of the file, drawn from its own seed
+            idx = rng.randint(len(files["videos"])).cpu().numpy()
+            batch = {"videos": torch.from_numpy(files["videos"][idx]), "prompts": [files["prompts"][i] for i in idx],
+                     **({"actions": torch.from_numpy(files["actions"][idx])} if "actions" in files else {})}
+        else:
+            if "it" not in loader:  # built at the first step the loop runs: a resumed run starts where it stopped
+                loader["it"] = world_loader(cfg.world, tc.batch, tc.seed, step,
+                                            tc.num_workers if dev.type == "cuda" else 0, ids)
+            batch = next(loader["it"])
+        t_wait = time.perf_counter() - t_wait
         x0 = to_unit(batch["videos"]).to(dev, non_blocking=True)
         keep = rng.rand() >= cfg.cfg_dropout  # CFG dropout: the prompt and the actions go together
         prompts = [p if k else "" for p, k in zip(batch["prompts"], keep.tolist())]
         t = sample_t(cfg.t_sampler, rng, cfg.t_shift, cfg.t_mean, cfg.t_std)
         eps = rng.randn(*x0.shape[1:])
+        prefix = None
+        if cfg.prefix_frames:
+            choice = torch.tensor(cfg.prefix_frames, device=dev)
+            prefix = choice[rng.randint(len(cfg.prefix_frames))]
         actions = None
         if n_actions:
             actions = encode_actions(frame_action_ids(batch["actions"].numpy(), x0.shape[2]), n_actions, dev)
             actions = actions.drop(keep)
         with autocast_for(dev, tc.precision):
             ctx = text.encode(prompts)
-            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx, actions=actions)
+            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx, actions=actions, prefix=prefix)
         metrics.update(stepper.step(loss, step))
         ema.update(teacher)
         metrics["data_wait_s"] = t_wait
         return {k: float(v) for k, v in metrics.items()}
 
+    extra = {"context_frames": max(cfg.prefix_frames)} if cfg.prefix_frames else {}
+
     def ema_bundle() -> Bundle:
-        return Bundle(ema.model["net"], ema.model["text_encoder"], cfg.sample, cfg.world, "teacher")
+        return Bundle(ema.model["net"], ema.model["text_encoder"], cfg.sample, cfg.world, "teacher", extra=extra)
 
     def evaluate(step: int) -> dict:
         return evaluate_bundle(ema_bundle(), cfg.eval)
@@ -144,6 +180,16 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     if D.is_main():
         ema_bundle().save(path)
     return path
+
+
+def _training_file(cfg: TeacherConfig) -> dict:
+    from ..worlds.samples import load_samples
+
+    s = load_samples(cfg.data)
+    want = (cfg.world.frames, cfg.world.size, cfg.world.size, 3)
+    if s["videos"].shape[1:] != want:
+        raise ValueError(f"data={cfg.data} holds videos {s['videos'].shape[1:]}; world {cfg.world} needs {want}")
+    return s
 
 
 def resolve(preset_name: str, overrides: list[str]) -> TeacherConfig:

@@ -73,7 +73,16 @@ def tf_preset(name: str, method_name: str) -> TFConfig:
                         train=TrainConfig(steps=150, batch=16, lr=5e-4 if teacher_like else 2e-4,
                                           warmup=20, ckpt_every=150, eval_every=0, num_workers=0),
                         sampling=Sampling(teacher_steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16))
-    raise ValueError(f"unknown preset {name!r} for stage {method_name}; choose blob-s or blob-tiny")
+    if name == "atari":
+        return TFConfig(method=method_name, train=TrainConfig(steps=3000, batch=16, lr=2e-4 if teacher_like else 5e-5,
+                                                              warmup=20, ckpt_every=500, eval_every=1000,
+                                                              num_workers=0),
+                        sampling=Sampling(teacher_steps=30, cfg=2.0), eval=EvalConfig(prompts=1, per_prompt=64, batch=64))
+    if name == "atari-tiny":
+        return TFConfig(method=method_name, pattern="c1-4",
+                        train=TrainConfig(steps=2, batch=2, lr=1e-4, warmup=1, ckpt_every=2, eval_every=0, num_workers=0),
+                        sampling=Sampling(teacher_steps=3, cfg=2.0), eval=EvalConfig(prompts=1, per_prompt=2, batch=2))
+    raise ValueError(f"unknown preset {name!r} for stage {method_name}; choose blob-s, blob-tiny, atari or atari-tiny")
 
 
 def resolve(preset_name: str, method_name: str, overrides: list[str]) -> TFConfig:

@@ -127,9 +127,10 @@ class Bundle:
 
     @property
     def first_block_frames(self) -> int:
-        """Pixel frames of the first block: what a world model is started from (I2V prefill)."""
+        """Pixel frames a world model is started from: the first block (I2V prefill) of a causal model, the
+        ``context_frames`` a bidirectional teacher was trained to take (``prefix_frames``), else 1."""
         if not self.causal:
-            raise ValueError("a bidirectional teacher has no blocks")
+            return int(self.extra.get("context_frames", 1))
         first = ChunkPattern.parse(self.sampling.pattern).first
         return 1 + self.codec.temporal_stride * (first - 1)
 

@@ -45,18 +45,32 @@ def video_actions(bundle: Bundle, ids: np.ndarray | None, frames: int, device) -
 
 
 def euler_batch(bundle: Bundle, prompts: list[str], seed: int, start: int, sp: Euler, actions: Actions | None = None,
-                bar=None, keep=None):
+                bar=None, keep=None, prefix: torch.Tensor | None = None):
     """A bidirectional teacher's Euler+CFG sample of one batch (latents [B, C, T, H, W]); with ``keep`` (RF
-    times) also the trajectory states nearest to them (``flow.euler_sample``). ``bar`` advances by whole
-    videos per Euler step, so it ends exactly at the number of videos."""
+    times) also the trajectory states nearest to them (``flow.euler_sample``). ``prefix`` [B, C, P, H, W]:
+    given first frames, held clean at t = 0 (a teacher trained with ``prefix_frames``: I2V, world models
+    started from real frames). ``bar`` advances by whole videos per Euler step."""
     dev = bundle.device
     C, T, H, W = bundle.latent_shape
     ctx, ctx_u = bundle.contexts(prompts)
     noise = sample_noise(len(prompts), (C, T, H, W), seed, start=start, device=dev)
     kw = {} if actions is None else {"actions": Actions.cat([actions, actions.dropped()])}
     tick = None if bar is None else (lambda i, k=len(prompts): bar.update(k * (i + 1) // sp.steps - k * i // sp.steps))
-    return euler_sample(lambda x, t: cfg_velocity(bundle.net.velocity, x, t, ctx, ctx_u, sp.cfg, **kw).float(),
-                        noise, sp.steps, sp.shift, progress=tick, keep=keep)
+    P = 0 if prefix is None else prefix.shape[2]
+
+    def velocity(x, t):
+        if P:  # the given frames sit at t = 0 and do not move
+            x = torch.cat([prefix, x[:, :, P:]], dim=2)
+            t = t[:, None].expand(-1, T).clone()
+            t[:, :P] = 0
+        v = cfg_velocity(bundle.net.velocity, x, t, ctx, ctx_u, sp.cfg, **kw).float()
+        if P:
+            v[:, :, :P] = 0
+        return v
+
+    if P:
+        noise = torch.cat([prefix.to(noise.dtype), noise[:, :, P:]], dim=2)
+    return euler_sample(velocity, noise, sp.steps, sp.shift, progress=tick, keep=keep)
 
 
 @torch.no_grad()
@@ -66,16 +80,15 @@ def sample_videos(bundle: Bundle, prompts: Sequence[str], seed: int = 0, samplin
                   timings: list | None = None) -> np.ndarray:
     """uint8 videos [N, T, H, W, 3] for the prompts, by ``sampling`` (default: the bundle's).
 
-    ``actions`` int [N, T − 1] condition a world model; ``start_frames`` uint8 [N, f, H, W, 3] (f = the first
-    block's frames) start causal models from given frames; ``timings`` (a list) receives the seconds of every
+    ``actions`` int [N, T − 1] condition a world model; ``start_frames`` uint8 [N, f, H, W, 3] start from given
+    frames (causal models: f = the first block's frames, prefilled; a bidirectional teacher: all f, held at
+    t = 0); ``timings`` (a list) receives the seconds of every
     streamed block of every batch (causal models); ``start`` offsets the per-sample noise ids."""
     sp = sampling or bundle.sampling
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to sample")
     C, T, H, W = bundle.latent_shape
-    if start_frames is not None and not bundle.causal:
-        raise ValueError("starting from given frames needs a causal model; this bundle is a bidirectional teacher")
     for name, arr, lead in (("actions", actions, (len(prompts), T - 1)), ("start_frames", start_frames, None)):
         if arr is not None and arr.shape[0] != len(prompts):
             raise ValueError(f"{name} holds {arr.shape[0]} videos for {len(prompts)} prompts")
@@ -93,7 +106,9 @@ def sample_videos(bundle: Bundle, prompts: Sequence[str], seed: int = 0, samplin
         a = None if actions is None else video_actions(bundle, actions[s:s + batch], T, dev)
         with autocast_for(dev):
             if isinstance(sp, Euler):
-                x0 = euler_batch(bundle, chunk, seed, start + s, sp, a, bar)
+                prefix = None if start_frames is None else bundle.codec.encode(
+                    to_unit(start_frames[s:s + batch]).to(dev))
+                x0 = euler_batch(bundle, chunk, seed, start + s, sp, a, bar, prefix=prefix)
             else:
                 x0, secs = _stream_batch(bundle, chunk, seed, start + s, sp, a,
                                          None if start_frames is None else start_frames[s:s + batch], bar)
