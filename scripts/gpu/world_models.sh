@@ -4,7 +4,8 @@
 # (scripts/eval_table.py). Bundles (bf16), logs and tables come back in $OUT.
 #   OUT=out bash scripts/gpu/world_models.sh              # the GPU run (about 8 minutes)
 #   TINY=1 OUT=/tmp/wm_out bash scripts/gpu/world_models.sh  # the same orchestration on the CPU presets
-# Knobs: SCALE (multiplies every time limit; 1), TEACHER (the action-free teacher the agent teacher starts from).
+# Knobs: SCALE (multiplies every time limit; 1), TEACHER (the action-free teacher the agent teacher starts from),
+#   SKIP_TRAIN=1 (only pack and score what $RUN holds).
 set -uo pipefail
 OUT=${OUT:-out}
 RUN=${RUN:-/tmp/world_models}
@@ -31,7 +32,7 @@ train() {  # train STAGE NAME PRESET LIMIT overrides...
   local stage=$1 name=$2 preset=$3 limit=$4; shift 4
   crm train "$stage" --preset "$preset" "$@" train.time_limit="$(lim "$limit")" --out "$RUN/$name" \
       > "$RUN/$name.log" 2>&1 || { echo "FAILED: $name"; tail -3 "$RUN/$name.log"; }
-  log "done $name: $(quiet 1 < "$RUN/$name.log")"
+  log "done $name: $(tr '\r' '\n' < "$RUN/$name.log" | grep -m1 ' steps in ' || true)"
 }
 
 # ----- Blobworld-agent: teacher from the action-free teacher, synth, then c3-3 and c1-1 chains --------------
@@ -73,14 +74,17 @@ atari() {
 }
 
 log "start"
-agent > "$RUN/agent.out" 2>&1 &
-atari > "$RUN/atari.out" 2>&1 &
-wait
+if [[ -z ${SKIP_TRAIN:-} ]]; then  # SKIP_TRAIN=1: pack and score what $RUN holds
+  agent > "$RUN/agent.out" 2>&1 &
+  atari > "$RUN/atari.out" 2>&1 &
+  wait
+fi
 cat "$RUN/agent.out" "$RUN/atari.out"
 
 # ----- pack the bundles and logs before scoring, so a call cut short still brings them back --------------
 for d in "$RUN"/*/; do
   name=$(basename "$d")
+  [[ $name == pack ]] && continue
   for f in teacher model; do
     [[ -f $d/$f.safetensors ]] && crm export "$d/$f.safetensors" --dtype bf16 --out "$RUN/pack/$name.safetensors" > /dev/null
   done

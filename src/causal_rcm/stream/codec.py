@@ -14,10 +14,14 @@ live beside it (``WanVAECodec``, ``TinyDecoderCodec``).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from ..models.vae import (TinyDecodeState, TinyVideoDecoder, WanDecodeState, WanStream, channels_last_,
+                          load_tiny_decoder)
 
 
 def to_unit(videos: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -80,12 +84,119 @@ class PixelCodec:
         return z, None
 
 
-CODECS = {"pixel": PixelCodec}
+class WanVAECodec:
+    """The Wan2.1 VAE (diffusers' ``AutoencoderKLWan``, its own modules and weights). Latents are the
+    normalised ones the DiT sees, z = (μ − latents_mean) / latents_std; ``decode`` streams with the VAE's
+    causal-convolution cache as the state (``models/vae/wan_stream.py``), ``encode`` is the posterior mean.
+    ``compile=True`` runs the decoder through torch.compile (≈ 1.8× faster on an H200; compiles on first use)."""
+
+    def __init__(self, vae, compile: bool = False):
+        self.stream = WanStream(vae, compile=compile)
+        self.channels = self.stream.channels
+        self.temporal_stride, self.spatial_stride = self.stream.temporal_stride, self.stream.spatial_stride
+
+    @classmethod
+    def from_config(cls, config: dict) -> "WanVAECodec":
+        """``{"kind": "wan_vae", "path": DIR, "dtype": "bfloat16", "device": "cuda", "channels_last": true,
+        "compile": false}``; DIR is a local diffusers VAE folder (config.json + weights: the ``vae/`` folder of
+        Wan-AI/Wan2.1-T2V-1.3B-Diffusers). channels_last defaults to on for CUDA (faster, same values)."""
+        from diffusers import AutoencoderKLWan
+
+        opts = _options(config, "wan_vae", ("path",), ("dtype", "device", "channels_last", "compile"))
+        path = Path(opts["path"])
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a diffusers AutoencoderKLWan folder (config.json + "
+                                    "diffusion_pytorch_model.safetensors, e.g. the vae/ folder of a Wan2.1 checkpoint)")
+        vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=_dtype(opts), local_files_only=True)
+        device = _device(opts)
+        vae = vae.to(device)
+        if opts.get("channels_last", device.type == "cuda"):
+            channels_last_(vae)
+        return cls(vae, compile=bool(opts.get("compile", False)))
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        return self.stream.latent_shape(frames, height, width)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self.stream.encode(video)
+
+    def init_state(self, batch_size: int) -> WanDecodeState:
+        return self.stream.init_state(batch_size)
+
+    def decode(self, z: torch.Tensor, state: WanDecodeState) -> tuple[torch.Tensor, WanDecodeState]:
+        return self.stream.decode(z, state)
+
+
+class TinyDecoderCodec:
+    """A TAEHV-family decoder (``models/vae/tiny.py``) on the Wan latents: same frames, same alignment, a
+    fraction of the cost; its state is one frame per MemBlock. It has no encoder of its own: ``encode`` goes to
+    ``encoder`` (the Wan VAE codec, whose latents the DiT was trained on) when one is given."""
+
+    def __init__(self, decoder: TinyVideoDecoder, encoder: VideoCodec | None = None):
+        cfg = decoder.config
+        if encoder is not None and encoder.channels != cfg.latent_channels:
+            raise ValueError(f"encoder makes {encoder.channels}-channel latents, the decoder takes {cfg.latent_channels}")
+        self.decoder, self.encoder = decoder.eval(), encoder
+        self.channels, self.temporal_stride, self.spatial_stride = (cfg.latent_channels, cfg.temporal_stride,
+                                                                    cfg.spatial_stride)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TinyDecoderCodec":
+        """``{"kind": "taehv", "path": "taew2_1.pth", "dtype": "bfloat16", "device": "cuda", "channels_last": true,
+        "encoder": {"kind": "wan_vae", ...}}`` (encoder optional; channels_last defaults to on for CUDA)."""
+        opts = _options(config, "taehv", ("path",), ("dtype", "device", "channels_last", "encoder"))
+        device = _device(opts)
+        decoder = load_tiny_decoder(opts["path"]).to(device, _dtype(opts))
+        if opts.get("channels_last", device.type == "cuda"):
+            decoder = decoder.to(memory_format=torch.channels_last)
+        return cls(decoder, make_codec(opts["encoder"]) if "encoder" in opts else None)
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        st, ss = self.temporal_stride, self.spatial_stride
+        if frames < 1 or (frames - 1) % st or height % ss or width % ss:
+            raise ValueError(f"expected 1 + {st}k frames of H×W divisible by {ss}; got {frames} of {height}×{width}")
+        return (self.channels, 1 + (frames - 1) // st, height // ss, width // ss)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            raise NotImplementedError("TinyDecoderCodec only decodes; give it encoder=WanVAECodec(vae) "
+                                      "(config: \"encoder\": {\"kind\": \"wan_vae\", \"path\": ...}) to encode")
+        return self.encoder.encode(video)
+
+    def init_state(self, batch_size: int) -> TinyDecodeState:
+        return self.decoder.init_state(batch_size)
+
+    def decode(self, z: torch.Tensor, state: TinyDecodeState) -> tuple[torch.Tensor, TinyDecodeState]:
+        return self.decoder.decode(z, state)
+
+
+def _options(config: dict, kind: str, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
+    opts = {k: v for k, v in config.items() if k != "kind"}
+    unknown = sorted(opts.keys() - set(required) - set(optional))
+    missing = [k for k in required if k not in opts]
+    if unknown or missing:
+        raise ValueError(f"codec {kind!r}: missing {missing}, unknown {unknown}; it takes {list(required + optional)}")
+    return opts
+
+
+def _dtype(opts: dict) -> torch.dtype:
+    name = opts.get("dtype", "bfloat16")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"codec dtype {name!r}: choose float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def _device(opts: dict) -> torch.device:
+    return torch.device(opts.get("device", "cuda" if torch.cuda.is_available() else "cpu"))
+
+
+CODECS = {"pixel": PixelCodec, "wan_vae": WanVAECodec, "taehv": TinyDecoderCodec}
 
 
 def make_codec(config: dict | None) -> VideoCodec:
-    """The codec a bundle's config names (``{"kind": "pixel"}``; none means pixels)."""
+    """The codec a bundle's config names: ``{"kind": "pixel"}`` (none means pixels),
+    ``{"kind": "wan_vae", "path": DIR}`` or ``{"kind": "taehv", "path": FILE}`` (see their ``from_config``)."""
     kind = (config or {}).get("kind", "pixel")
     if kind not in CODECS:
         raise ValueError(f"unknown codec {kind!r}; known: {sorted(CODECS)}")
-    return CODECS[kind]()
+    return CODECS[kind]() if kind == "pixel" else CODECS[kind].from_config(config)
