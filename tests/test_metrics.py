@@ -271,3 +271,20 @@ def test_evaluate_checks_its_inputs():
         evaluate(d["videos"], ["a purple ball", "no ball"], d["actions"])
     with pytest.raises(ValueError, match="shape"):
         evaluate(d["videos"], d["prompts"], d["actions"][:, :-1])
+
+
+def test_blob_fd_separates_frozen_and_fast_videos_from_rendered_ones():
+    from causal_rcm.worlds.blobworld_fd import frechet, video_features
+    from causal_rcm.worlds.blobworld_metrics import frame_stats
+
+    prompts = ["a red ball", "a green ball and a blue ball"] * 32
+    a = sample_worlds(64, 1, prompts=prompts)["videos"]
+    b = sample_worlds(64, 2, prompts=prompts)["videos"]
+    fa, fb = video_features(frame_stats(a, 6)), video_features(frame_stats(b, 6))
+    assert frechet(fa, fa) == pytest.approx(0.0, abs=1e-6)
+    same = frechet(fa, fb)
+    frozen = a.copy()
+    frozen[:, 1:] = frozen[:, :1]
+    fast = np.concatenate([a[:, ::2], a[:, ::2]], axis=1)[:, :a.shape[1]]  # twice the speed, then a jump
+    assert frechet(video_features(frame_stats(frozen, 6)), fb) > 5 * same
+    assert frechet(video_features(frame_stats(fast, 6)), fb) > 3 * same

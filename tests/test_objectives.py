@@ -184,3 +184,21 @@ def test_scm_warmup_is_a_fraction_of_the_run(batch):
     assert float(m["warmup_r"]) == 1.0
     with pytest.raises(ValueError, match="fraction"):
         Objective(scm_warmup=200)
+
+
+def test_a_half_depth_student_keeps_the_chosen_blocks():
+    from causal_rcm.stages.tf import with_layers
+    from causal_rcm.stream.bundle import Bundle
+    from causal_rcm.stream.sampling import FewStep
+    from causal_rcm.worlds.base import WorldConfig
+    from causal_rcm.models.conditioning import WorldTextEncoder
+
+    torch.manual_seed(0)
+    net = randomize_(WanDiT(dataclasses.replace(TINY, num_layers=4)))
+    text = WorldTextEncoder.for_prompts(["a red ball"], dim=TINY.text_dim, num_layers=1, num_heads=2)
+    b = with_layers(Bundle(copy.deepcopy(net), text, FewStep("c1-4"), WorldConfig(size=16, frames=5)), (0, 2))
+    assert b.net.cfg.num_layers == 2
+    assert torch.equal(b.net.blocks[1].ffn[0].weight, net.blocks[2].ffn[0].weight)
+    assert torch.equal(b.net.head.head.weight, net.head.head.weight)
+    with pytest.raises(ValueError, match="distinct block indices"):
+        with_layers(Bundle(copy.deepcopy(net), text, FewStep("c1-4"), WorldConfig(size=16, frames=5)), (0, 7))

@@ -212,6 +212,28 @@ def _synth(a):
     print(synth_summary(out, time.time() - t0))
 
 
+def _paired(a):
+    from .io import check_writable
+    from .stages.paired import make_targets, paired_distance
+    from .stream.bundle import Bundle
+
+    if a.action == "make":
+        from .data.synthetic import read_synthetic
+
+        _positive("n", a.n)
+        check_writable(a.out, "--out")
+        d = read_synthetic(a.data)
+        n = min(a.n, len(d["videos"]))
+        path = make_targets(Bundle.load(a.teacher, device=a.device), d["videos"][:n], d["prompts"][:n], a.out,
+                            seed=a.seed, steps=a.steps, actions=d["actions"][:n] if "actions" in d else None)
+        print(f"paired targets for {n} clips: {path}")
+    else:
+        from .eval.report import fmt
+
+        for k, v in paired_distance(Bundle.load(a.ckpt, device=a.device), a.targets).items():
+            print(f"{k:16s} {fmt(v)}")
+
+
 def _run(a):
     from .stages.recipe import run_recipe
 
@@ -304,6 +326,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="world models: a world sample file whose actions (and first "
                    "frames, for worlds started from real frames) the teacher follows")
     s.add_argument("--device", default=None)
+
+    pr = sub.add_parser("paired", help="the paired teacher-ODE distance of few-step students").add_subparsers(
+        dest="action", required=True)
+    pm = pr.add_parser("make", help="solve held-out clips with the causal teacher's ODE")
+    pm.add_argument("--teacher", required=True, help="the causal teacher bundle")
+    pm.add_argument("--data", required=True, help="a synthetic dataset folder (held out from training)")
+    pm.add_argument("--n", type=int, default=512)
+    pm.add_argument("--steps", type=int, default=48)
+    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--out", required=True, help="the targets .npz")
+    pm.add_argument("--device", default=None)
+    pm.set_defaults(fn=_paired)
+    ps = pr.add_parser("score", help="a student's distance to the targets at 1 and 2 steps")
+    ps.add_argument("--ckpt", required=True)
+    ps.add_argument("--targets", required=True)
+    ps.add_argument("--device", default=None)
+    ps.set_defaults(fn=_paired)
 
     r = cmd("run", "run a recipe (a YAML file or a built-in name: blob-tiny, blob-s, blob-s-short)", _run)
     r.add_argument("recipe")

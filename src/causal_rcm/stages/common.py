@@ -20,6 +20,7 @@ class EvalConfig:
     per_prompt: int = 16
     seed: int = 1234
     batch: int = 256
+    paired: str = ""  # paired teacher-ODE targets (stages/paired.py): students also report paired_rmse@1, @2
 
     def __post_init__(self):
         for name in ("prompts", "per_prompt", "batch"):

@@ -60,7 +60,12 @@ def evaluate_bundle(bundle: Bundle, ev: EvalConfig, **sampling) -> dict:
     """World metrics of the bundle's samples in the evaluation layout (no timing, no files)."""
     world = make_world(bundle.world_or_raise())
     samples, context = _model_samples(bundle, ev, eval_data(bundle.world, ev), False, sampling.get("sampling"))
-    return world.metrics(samples, context)
+    scores = world.metrics(samples, context)
+    if ev.paired and bundle.sampling.method == "few_step":
+        from .paired import paired_distance
+
+        scores.update({k: v[0] for k, v in paired_distance(bundle, ev.paired, n_boot=0).items()})
+    return scores
 
 
 def score_data(world: WorldConfig, ev: EvalConfig, intervals: bool = True) -> Scored:

@@ -53,6 +53,9 @@ class TFConfig:
     init: str = ""
     teacher: str = ""
     objective: Objective = field(default_factory=Objective)
+    # a smaller student than its teacher (the paper's 14B -> 1.3B gap, method review L1): the init's blocks at
+    # these indices, e.g. [0, 2, 4] of a 6-layer causal teacher; () keeps every block
+    student_layers: tuple[int, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -95,6 +98,24 @@ def bundle_sampling(cfg: TFConfig) -> FewStep | EulerCFG:
         return EulerCFG(cfg.pattern, s.teacher_steps, s.cfg, s.shift)
     return FewStep(cfg.pattern, s.steps_first, s.steps, context="noisy" if ob.noisy_context else "clean",
                    t_ctx=ob.t_ctx, ctx_start=ob.nc_start)
+
+
+def with_layers(b: Bundle, layers: tuple[int, ...]) -> Bundle:
+    """The bundle's network cut to the blocks ``layers`` (in that order), embeddings and head kept."""
+    if not layers:
+        return b
+    n = b.net.cfg.num_layers
+    if len(set(layers)) != len(layers) or not all(0 <= i < n for i in layers):
+        raise ValueError(f"student_layers {list(layers)} must be distinct block indices of the {n}-layer init")
+    net = type(b.net)(dataclasses.replace(b.net.cfg, num_layers=len(layers))).to(b.device)
+    src = b.net.state_dict()
+    sd = {k: v for k, v in src.items() if not k.startswith("blocks.")}
+    for new, old in enumerate(layers):
+        sd.update({f"blocks.{new}.{k[len(f'blocks.{old}.'):]}": v for k, v in src.items()
+                   if k.startswith(f"blocks.{old}.")})
+    net.load_state_dict(sd)
+    b.net = net
+    return b
 
 
 def with_dual_time(b: Bundle) -> Bundle:
@@ -147,7 +168,7 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     set_matmul_precision(dev)
     pattern = ChunkPattern.parse(cfg.pattern)
     # every input is loaded and checked before the run folder is touched
-    src = load_bundle_for(cfg.init, "init", dev, trainable=True)
+    src = with_layers(load_bundle_for(cfg.init, "init", dev, trainable=True), cfg.student_layers)
     if m.dual_time:
         src = with_dual_time(src)
     src.net.train().requires_grad_(True)

@@ -22,6 +22,7 @@ import torch
 
 from ..config import WanConfig
 from ..io import BundleError, load_bundle, save_bundle
+from ..kv_policy import FULL, KVPolicy
 from ..masks import ChunkPattern
 from ..models.conditioning import TextEncoder, TextEncoderConfig, WorldTextEncoder
 from ..models.wan import WanDiT
@@ -138,6 +139,15 @@ class Bundle:
         if self.world is None:
             raise ValueError("this bundle names no built-in world: give the video size explicitly")
         return self.world
+
+    def engine(self, policy: KVPolicy | None = None):
+        """The streaming engine of a causal bundle: a video of the world's length (``policy`` None), or an
+        endless stream under a windowed KV policy."""
+        from .engine import Engine
+
+        C, T, H, W = self.latent_shape
+        return Engine(self.net, self.sampling, (C, H, W), self.codec, policy or FULL,
+                      None if policy is not None and policy.window else T)
 
     @torch.no_grad()
     def contexts(self, prompts: list[str]):

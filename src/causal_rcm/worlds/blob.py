@@ -9,6 +9,9 @@ from .blobworld import ACTION_NAMES, AGENT_PROMPTS, STICKY, T2V_PROMPTS, sample_
 from .blobworld_metrics import AGENT_METRICS, HIGHER_IS_BETTER, T2V_METRICS, evaluate, evaluate_intervals
 
 
+REFERENCE_SEED = 0xB10B  # Blob-FD's rendered reference set
+
+
 class Blobworld:
     """The Blobworld world (shared/specs/blobworld.md) behind the ``World`` interface."""
 
@@ -16,7 +19,7 @@ class Blobworld:
         self.config = config
         self.agent = config.variant == "agent"
         self.action_names = ACTION_NAMES if self.agent else ()
-        self.metric_names = AGENT_METRICS if self.agent else T2V_METRICS
+        self.metric_names = (AGENT_METRICS if self.agent else T2V_METRICS) + ("blob_fd",)
         self.higher_is_better = {k: HIGHER_IS_BETTER[k] for k in self.metric_names}
         self.curve_metrics = ("prompt_accuracy", "action_accuracy" if self.agent else "motion_error")
         self.starts_from_frames = False
@@ -44,10 +47,15 @@ class Blobworld:
                                        rng.integers(0, 5, (1, T - 2))))
         return np.concatenate(rows)
 
+    def reference(self, prompts) -> np.ndarray:
+        """Blob-FD's reference: freshly rendered videos of the same prompts from a seed no evaluation uses."""
+        return self.sample(len(prompts), REFERENCE_SEED, prompts=list(prompts))["videos"]
+
     def metrics(self, samples: dict, context_frames: int = 0) -> dict[str, float]:
         return evaluate(samples["videos"], samples["prompts"], samples.get("actions") if self.agent else None,
-                        self.config.variant)
+                        self.config.variant, self.reference(samples["prompts"]))
 
     def intervals(self, samples: dict, context_frames: int = 0, n_boot: int = 1000, seed: int = 0) -> dict:
         return evaluate_intervals(samples["videos"], samples["prompts"],
-                                  samples.get("actions") if self.agent else None, self.config.variant, n_boot, seed)
+                                  samples.get("actions") if self.agent else None, self.config.variant, n_boot, seed,
+                                  self.reference(samples["prompts"]))

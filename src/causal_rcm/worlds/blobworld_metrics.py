@@ -43,6 +43,7 @@ import numpy as np
 
 from ..stats import bootstrap_interval, clusters_of
 from .blobworld import AGENT, ACTION_DIRECTIONS, COLOURS, check_actions, prompt_colours, sample_worlds
+from .blobworld_fd import frechet, video_features
 
 BACKGROUND_MAX = 40
 MIN_COSINE = 0.97
@@ -58,7 +59,7 @@ AGENT_METRICS = T2V_METRICS + ("action_accuracy", "agent_still")
 HIGHER_IS_BETTER = {
     "prompt_accuracy": True, "persistence": True, "motion_error": False, "artifact_rate": False,
     "size_stability": False, "position_entropy": True, "direction_entropy": True,
-    "action_accuracy": True, "agent_still": True,
+    "action_accuracy": True, "agent_still": True, "blob_fd": False,
 }
 
 
@@ -281,14 +282,18 @@ def _checked(videos, prompts, actions, variant):
     return videos, prompts, actions, variant
 
 
-def _scorer(videos, prompts, actions, variant):
-    """(score(idx) -> metrics of videos idx, n): frame statistics computed once for every resample."""
+def _scorer(videos, prompts, actions, variant, reference=None):
+    """(score(idx) -> metrics of videos idx, n): frame statistics computed once for every resample;
+    ``reference`` videos (rendered, the same prompts) add Blob-FD against them."""
     n_colours = AGENT + (variant == "agent")
     prompted = np.zeros((len(prompts), n_colours), dtype=bool)
     for i, p in enumerate(prompts):
         prompted[i, list(prompt_colours(p))] = True
     st_all = frame_stats(videos, n_colours)
     prompts_arr = np.asarray(prompts, dtype=object)
+    feats = ref_feats = None
+    if reference is not None:
+        feats, ref_feats = video_features(st_all), video_features(frame_stats(np.asarray(reference), n_colours))
 
     def score(idx: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
         """Metrics of videos ``idx``; ``groups`` (a cluster resample) tells the entropies which draw of a
@@ -307,28 +312,32 @@ def _scorer(videos, prompts, actions, variant):
         if actions is not None:
             out["action_accuracy"] = action_accuracy(st, actions[idx])
             out["agent_still"] = agent_still(st, actions[idx])
+        if feats is not None:
+            out["blob_fd"] = frechet(feats[idx], ref_feats)
         return out
 
     return score
 
 
 def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
-             variant: str | None = None) -> dict[str, float]:
+             variant: str | None = None, reference: np.ndarray | None = None) -> dict[str, float]:
     """Every §4 metric of a set of videos (uint8 [N, T, H, W, 3]) with their prompts and, for the agent
     variant, actions int64 [N, T − 1]; the variant is "agent" exactly when actions are given unless
-    named. Returns the metric names of the spec in its order, then ``n_samples``."""
+    named. With ``reference`` videos also ``blob_fd`` (worlds/blobworld_fd.py). Returns the metric names of
+    the spec in its order, then ``n_samples``."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
-    out = _scorer(videos, prompts, actions, variant)(np.arange(len(videos)))
+    out = _scorer(videos, prompts, actions, variant, reference)(np.arange(len(videos)))
     out["n_samples"] = len(videos)
     return out
 
 
 def evaluate_intervals(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
-                       variant: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+                       variant: str | None = None, n_boot: int = 1000, seed: int = 0,
+                       reference: np.ndarray | None = None) -> dict:
     """{metric: (value, low, high)}: 95 % cluster-bootstrap intervals, prompts resampled with all their videos
     (resampling videos within a prompt would duplicate videos and bias the entropies down)."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
-    score = _scorer(videos, prompts, actions, variant)
+    score = _scorer(videos, prompts, actions, variant, reference)
     return bootstrap_interval(score, len(videos), clusters_of(prompts), n_boot, seed)
 
 
