@@ -135,3 +135,20 @@ def test_step_counts_are_checked():
         FewStep(steps=5)
     with pytest.raises(ValueError, match="integer >= 1"):
         EulerCFG(steps=0)
+
+
+@pytest.mark.parametrize("policy", [KVPolicy(), KVPolicy(2, 1)])
+@pytest.mark.parametrize("how", [FewStep("c1-4", 2, 2, context="noisy"), EulerCFG("c1-1", steps=2, cfg=2.0)])
+def test_static_cache_stream_equals_the_dynamic_stream(tiny_model, how, policy):
+    """The engine on the fixed-shape cache (the path CUDA graphs capture) makes the same video."""
+    g = torch.Generator().manual_seed(0)
+    ctx, ctx_u = torch.randn(2, 5, TINY.text_dim, generator=g), torch.zeros(2, 5, TINY.text_dim)
+    C, _, H, W = SHAPE
+    T = 9
+    out = []
+    with torch.no_grad():
+        for static in (False, True):
+            engine = Engine(tiny_model, how, (C, H, W), policy=policy, max_frames=None if policy.window else T,
+                            static=static)
+            out.append(stream(engine, engine.start(ctx, ctx_u, Noise(7, [0, 1], "cpu")), T))
+    assert (out[0] - out[1]).abs().max() <= 1e-5

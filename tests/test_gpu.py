@@ -48,3 +48,24 @@ def test_fused_norm_rope_path_matches_plain():
         fused = m(x, t, c)  # the default on CUDA without gradients
         plain = m.use_fused_norm_rope(False)(x, t, c)
     assert ((fused - plain).norm() / plain.norm()) < 1e-4
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_graph_captured_stream_equals_eager():
+    """Engine(graphs=True) replays one captured per-chunk forward; its frames equal the eager static stream's
+    and the dynamic stream's (bf16 autocast, so up to rounding)."""
+    from causal_rcm.kv_policy import KVPolicy
+    from causal_rcm.stream.engine import Engine, Noise, stream
+    from causal_rcm.stream.sampling import FewStep
+
+    torch.manual_seed(0)
+    net = randomize_(WanDiT(TINY)).cuda().eval()
+    ctx = torch.randn(2, 5, TINY.text_dim, device="cuda")
+    out = []
+    for kw in (dict(), dict(static=True), dict(graphs=True)):
+        engine = Engine(net, FewStep("c1-1", 2, 2), (TINY.in_dim, 6, 10), policy=KVPolicy(3, 1), **kw)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            out.append(stream(engine, engine.start(ctx, None, Noise(1, [0, 1], "cuda")), 12).float())
+    assert (out[0] - out[1]).abs().max() < 2e-2
+    assert (out[1] - out[2]).abs().max() < 2e-2

@@ -101,3 +101,29 @@ def test_gradient_flows_through_current_block_only(tiny_model):
     with torch.no_grad():
         full = tiny_model(x, t, c, mask=block_causal(p))
     assert (out.detach() - full[:, :, 1:5]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("pattern,T,policy", [("c1-1", 6, KVPolicy()), ("c3-3", 9, KVPolicy()),
+                                               ("c1-4", 13, KVPolicy(2, 1)), ("c1-1", 9, KVPolicy(3, 0))])
+def test_static_cache_equals_the_dynamic_cache(tiny_model, pattern, T, policy):
+    """The fixed-shape cache (every slot attended with a key mask, blocks written into ring slots) gives the
+    dynamic cache's outputs, read-only calls included."""
+    x, t, c = inputs(T, seed=3)
+    p = ChunkPattern.parse(pattern)
+    H_, W_ = x.shape[-2:]
+    with torch.no_grad():
+        dyn = tiny_model.new_cache(N, p, policy, max_frames=None if policy.window else T)
+        sta = tiny_model.new_cache(N, p, policy, max_frames=None if policy.window else T, static=True)
+        for s, e in p.blocks(T):
+            sta.prepare(tiny_model, H_ // 2, W_ // 2, x.device)
+            noise = torch.randn_like(x[:, :, s:e])
+            a = tiny_model(noise, t[:, s:e], c, cache=dyn)
+            b = tiny_model(noise, t[:, s:e], c, cache=sta)
+            assert (a - b).abs().max() <= 1e-5, (s, e)
+            a = tiny_model(x[:, :, s:e], t[:, s:e], c, cache=dyn, update_cache=True)
+            b = tiny_model(x[:, :, s:e], t[:, s:e], c, cache=sta, update_cache=True)
+            assert (a - b).abs().max() <= 1e-5, (s, e)
+    assert sta.capacity <= max(p.first, p.chunk) * N * (policy.capacity_blocks or p.num_blocks(T))
+    with pytest.raises(ValueError, match="call prepare"):
+        with torch.no_grad():
+            tiny_model(x[:, :, :p.first], t[:, :p.first], c, cache=tiny_model.new_cache(N, p, max_frames=T, static=True))

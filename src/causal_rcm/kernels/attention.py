@@ -23,9 +23,17 @@ BACKENDS = ("auto", "sdpa", "flex", "math")
 
 
 def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None, q_offset: int = 0,
-              backend: str = "auto") -> torch.Tensor:
+              backend: str = "auto", key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``key_mask`` [Lk] bool: only these keys are attended to by every query (the static-shape KV cache)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if key_mask is not None:
+        if mask is not None:
+            raise ValueError("give either a frame mask or a key mask")
+        if backend == "math":
+            s = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+            return (s.masked_fill(~key_mask, float("-inf")).softmax(-1) @ v.float()).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[None, :].expand(q.shape[-2], -1))
     if backend == "math":
         from .reference import attention_math
 

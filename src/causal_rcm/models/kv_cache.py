@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..kernels.attention import attention
 from ..kv_policy import FULL, KVPolicy
 from ..masks import ChunkPattern
 
@@ -156,6 +157,14 @@ class CacheView:
         c.k[layer, :, :, L:L + n] = k_new
         c.v[layer, :, :, L:L + n] = v_new
         return c.k[layer, :, :, :L + n], c.v[layer, :, :, :L + n]
+
+    def rope(self, model, hp: int, wp: int, device):
+        """RoPE tables of the block's frames at their absolute positions."""
+        return model.rope(self.positions, hp, wp, device)
+
+    def attend(self, layer: int, q, k_new, v_new, backend: str = "auto"):
+        """Self-attention of the block's queries over [cached prefix | the block's own keys]."""
+        return attention(q, *self.keys_values(layer, k_new, v_new), backend=backend)
 
     def commit(self) -> None:
         if self.write:

@@ -280,19 +280,19 @@ class WanDiT(nn.Module):
         view = None
         if cache is not None:
             view = cache.view(nf, write=update_cache)
-            frame_pos = view.positions
             if cache.cross is None:
                 cache.cross = self.context_kv(context)
             ctx_kv = cache.cross
+            rope = view.rope(self, hp, wp, x.device)
         else:
             frame_pos = mask.frame_positions(mask.video_frames(nf)) if mask is not None else torch.arange(nf)
             ctx_kv = self.context_kv(context)
-        rope = self.rope(frame_pos, hp, wp, x.device)
+            rope = self.rope(frame_pos, hp, wp, x.device)
 
         for i, blk in enumerate(self.blocks):
             if view is not None:
                 def attend(q, k, v, i=i):
-                    return attention(q, *view.keys_values(i, k, v), backend=attn_backend)
+                    return view.attend(i, q, k, v, attn_backend)
             else:
                 def attend(q, k, v):
                     return attention(q, k, v, mask, N, backend=attn_backend)
@@ -365,8 +365,14 @@ class WanDiT(nn.Module):
         return v, v_dot
 
     # ----- streaming --------------------------------------------------------------------------------
-    def new_cache(self, frame_tokens: int, pattern, policy: KVPolicy = FULL, max_frames: int | None = None) -> KVCache:
-        return KVCache(self.cfg.num_layers, frame_tokens, pattern, policy, max_frames)
+    def new_cache(self, frame_tokens: int, pattern, policy: KVPolicy = FULL, max_frames: int | None = None,
+                  static: bool = False):
+        """The streaming state's KV cache: ``KVCache``, or with ``static`` the fixed-shape ``StaticKVCache``
+        a captured per-chunk forward needs."""
+        from .static_cache import StaticKVCache
+
+        cls = StaticKVCache if static else KVCache
+        return cls(self.cfg.num_layers, frame_tokens, pattern, policy, max_frames)
 
     def frame_tokens(self, height: int, width: int) -> int:
         _, ph, pw = self.cfg.patch_size

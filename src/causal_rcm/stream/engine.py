@@ -82,6 +82,7 @@ class StreamState:
     codec_state: Any = None
     last_input: tuple[torch.Tensor, float] | None = None  # (x, t) of the last block's last denoising call
     seconds: list[float] = field(default_factory=list)    # wall time of every block
+    graphed: Any = None                    # the captured per-chunk forward (Engine(graphs=True))
 
     @property
     def frame(self) -> int:
@@ -90,16 +91,24 @@ class StreamState:
 
 
 class Engine:
-    """The static half of streaming: the network, how it is sampled, the latent shape, codec and KV policy."""
+    """The static half of streaming: the network, how it is sampled, the latent shape, codec and KV policy.
+
+    ``static=True`` streams through the fixed-shape KV cache (``models/static_cache.py``); ``graphs=True``
+    (CUDA; implies static) also captures the per-chunk forward as a CUDA graph on its first use and replays
+    it (``stream/graphs.py``). All three paths compute the same frames."""
 
     def __init__(self, net, sampling: FewStep | EulerCFG, latent_shape: tuple[int, int, int],
-                 codec: VideoCodec | None = None, policy: KVPolicy = FULL, max_frames: int | None = None):
+                 codec: VideoCodec | None = None, policy: KVPolicy = FULL, max_frames: int | None = None,
+                 static: bool = False, graphs: bool = False):
         if not isinstance(sampling, (FewStep, EulerCFG)):
             raise ValueError(f"block-by-block streaming needs a causal model; this one samples with {sampling.method}")
+        if graphs and not torch.cuda.is_available():
+            raise ValueError("CUDA graphs need a CUDA GPU; stream without graphs=True here")
         self.net, self.sampling = net, sampling
         self.pattern = ChunkPattern.parse(sampling.pattern)
         self.latent_shape, self.codec = tuple(latent_shape), codec or PixelCodec()
         self.policy, self.max_frames = policy, max_frames
+        self.static, self.graphs = static or graphs, graphs
         self.guided = isinstance(sampling, EulerCFG) and sampling.cfg != 1.0
 
     def start(self, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise,
@@ -107,9 +116,14 @@ class Engine:
         """A fresh stream; ``prefill`` [B, C, f, H, W] (the first block's frames) is written as clean context."""
         guided = self.guided and ctx_uncond is not None
         C, H, W = self.latent_shape
-        cache = self.net.new_cache(self.net.frame_tokens(H, W), self.pattern, self.policy, self.max_frames)
+        cache = self.net.new_cache(self.net.frame_tokens(H, W), self.pattern, self.policy, self.max_frames,
+                                   static=self.static)
         state = StreamState(cache, torch.cat([ctx, ctx_uncond]) if guided else ctx, noise,
                             codec_state=self.codec.init_state(ctx.shape[0]))
+        if self.graphs:
+            from .graphs import GraphedVelocity
+
+            state.graphed = GraphedVelocity(self.net, cache, state.ctx)
         if prefill is not None:
             s, e = self.pattern.block_bounds(0)
             if prefill.shape[2] != e - s:
@@ -125,12 +139,29 @@ class Engine:
             return x, actions
         return torch.cat([x, x]), (None if actions is None else Actions.cat([actions, actions.dropped()]))
 
+    def _prepare(self, state: StreamState) -> None:
+        """The static cache's per-block buffers, filled before the block's first forward."""
+        if self.static and state.cache.prepared is None:
+            _, ph, pw = self.net.cfg.patch_size
+            C, H, W = self.latent_shape
+            state.cache.prepare(self.net, H // ph, W // pw, state.ctx.device)
+
+    def _forward(self, state: StreamState, x, t, actions, write: bool):
+        """One forward of the block against the cache: eager, or the captured graph once the stream is past
+        its first block (whose frame count differs)."""
+        self._prepare(state)
+        if state.graphed is not None and state.block > 0 and not torch.is_grad_enabled():
+            if state.cache.cross is None:
+                state.cache.cross = self.net.context_kv(state.ctx)
+            return state.graphed(x, t, actions, write)
+        return self.net.velocity(x, t, state.ctx, cache=state.cache, update_cache=write, actions=actions)
+
     def _write(self, state: StreamState, x: torch.Tensor, t: torch.Tensor, actions: Actions | None) -> None:
         """Append the block's K/V: a forward of x at times t with ``update_cache``."""
         xin, a = self._rows(state, x, actions)
         tin = t if xin.shape[0] == t.shape[0] else torch.cat([t, t])
         with torch.no_grad():
-            self.net.velocity(xin.detach(), tin, state.ctx, cache=state.cache, update_cache=True, actions=a)
+            self._forward(state, xin.detach(), tin, a, write=True)
 
     def step(self, state: StreamState, actions: Actions | None = None, *, n_steps: int | None = None,
              grad_last: bool = False, decode: bool = True) -> tuple[torch.Tensor, StreamState]:
@@ -150,7 +181,7 @@ class Engine:
         def v_of(x_in, t_scalar, write=False):
             xin, a = self._rows(state, x_in, actions)
             t_vec = torch.full((xin.shape[0],), float(t_scalar), device=x_in.device)
-            v = self.net.velocity(xin, t_vec, state.ctx, cache=state.cache, update_cache=write, actions=a).float()
+            v = self._forward(state, xin, t_vec, a, write).float()
             return v if xin.shape[0] == B else cfg_combine(*v.chunk(2), sp.cfg)
 
         if isinstance(sp, FewStep):
