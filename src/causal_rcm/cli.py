@@ -187,6 +187,58 @@ def _generate(a):
     print(f"generated {len(videos)} videos in {dt:.1f} s on {bundle.device}: {out}, " + ", ".join(map(str, media)))
 
 
+def _stream(a):
+    import numpy as np
+    import torch
+
+    from .eval.media import write_media
+    from .io import check_writable
+    from .kv_policy import KVPolicy
+    from .runtime import autocast_for
+    from .stream.bundle import Bundle
+    from .stream.engine import Noise
+    from .stream.realtime import realtime_frames
+    from .worlds.registry import make_world
+    from .worlds.samples import save_samples
+
+    _positive("frames", a.frames)
+    _positive("window", a.window)
+    if a.out is not None:
+        if Path(a.out).suffix.lower() != ".npz":
+            raise ValueError(f"--out {a.out}: give the .npz sample file (media are written beside it)")
+        check_writable(a.out, "--out")
+    bundle = Bundle.load(a.ckpt, device=a.device)
+    if not bundle.causal:
+        raise ValueError("streaming needs a causal model (a causal teacher or a few-step student)")
+    world = make_world(bundle.world_or_raise())
+    prompt = a.prompt if a.prompt is not None else (world.prompts()[0] if world.prompts() else "")
+    if world.prompts() and prompt not in world.prompts():
+        raise ValueError(f"prompt {prompt!r} is not a {world.config.name} {world.config.variant} prompt")
+    if bundle.net.cfg.action_dim:
+        raise ValueError("this is a world model: play it with `causal-rcm play --ckpt ...` (actions from the keys)")
+    policy = KVPolicy(a.window, a.sink) if a.window else None
+    frames = a.frames or bundle.latent_shape[1]
+    if a.graphs and bundle.device.type != "cuda":
+        raise ValueError("--graphs needs --device cuda")
+    engine = bundle.engine(policy, graphs=a.graphs)
+    ctx, _ = bundle.contexts([prompt])
+    out, times = [], []
+    with torch.no_grad(), autocast_for(bundle.device):
+        state = engine.start(ctx, None, Noise(a.seed, [0], bundle.device))
+        for _, f, t in realtime_frames(engine, state, frames):
+            out.append(f)
+            times.append(t)
+    video = np.concatenate(out, axis=1)
+    gaps = np.diff(times)
+    print(f"streamed {video.shape[1]} frames on {bundle.device}: first block after {1000 * times[0]:.0f} ms, "
+          f"{video.shape[1] / times[-1]:.1f} fps end to end" + (f", {1000 * np.median(gaps):.1f} ms per block"
+                                                                  if len(gaps) else ""))
+    if a.out is not None:
+        save_samples(a.out, video, [prompt])
+        write_media(video, Path(a.out).with_suffix(""))
+        print(f"wrote {a.out}")
+
+
 def _export(a):
     import torch
 
@@ -303,6 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "frames of this data .npz (its actions too, unless --actions)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None)
+
+    st = cmd("stream", "stream one video block by block in real time and report its latency", _stream)
+    st.add_argument("--ckpt", required=True, help="a causal bundle")
+    st.add_argument("--prompt", default=None)
+    st.add_argument("--frames", type=int, default=None, help="latent frames to stream (default: the world's)")
+    st.add_argument("--window", type=int, default=None, help="KV window in blocks: an endless stream")
+    st.add_argument("--sink", type=int, default=0)
+    st.add_argument("--graphs", action="store_true", help="CUDA graphs for the per-chunk forward")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--out", default=None, help="also write the frames (.npz + media)")
+    st.add_argument("--device", default=None)
 
     x = cmd("export", "re-write a bundle in another dtype (e.g. bf16 release assets)", _export)
     x.add_argument("ckpt")

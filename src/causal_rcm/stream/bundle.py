@@ -140,14 +140,14 @@ class Bundle:
             raise ValueError("this bundle names no built-in world: give the video size explicitly")
         return self.world
 
-    def engine(self, policy: KVPolicy | None = None):
+    def engine(self, policy: KVPolicy | None = None, graphs: bool = False):
         """The streaming engine of a causal bundle: a video of the world's length (``policy`` None), or an
-        endless stream under a windowed KV policy."""
+        endless stream under a windowed KV policy; ``graphs`` captures the per-chunk forward (CUDA)."""
         from .engine import Engine
 
         C, T, H, W = self.latent_shape
         return Engine(self.net, self.sampling, (C, H, W), self.codec, policy or FULL,
-                      None if policy is not None and policy.window else T)
+                      None if policy is not None and policy.window else T, graphs=graphs)
 
     @torch.no_grad()
     def contexts(self, prompts: list[str]):

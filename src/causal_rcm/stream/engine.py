@@ -164,12 +164,13 @@ class Engine:
             self._forward(state, xin.detach(), tin, a, write=True)
 
     def step(self, state: StreamState, actions: Actions | None = None, *, n_steps: int | None = None,
-             grad_last: bool = False, decode: bool = True) -> tuple[torch.Tensor, StreamState]:
+             grad_last: bool = False, decode: bool = True, sync: bool = True) -> tuple[torch.Tensor, StreamState]:
         """Generate the next block: (its frames, the state, updated in place).
 
         ``actions``: the block's frames' actions. ``n_steps`` (few-step only) exits after that many steps
         and ``grad_last`` runs the last one with autograd (the self-forcing rollout); ``decode=False``
-        returns the latent x̂0 instead of decoded frames."""
+        returns the latent x̂0 instead of decoded frames; ``sync=False`` leaves the GPU work queued (the block's
+        seconds then count the host's enqueue time only: ``stream/realtime.py`` overlaps decoding with it)."""
         t_start = time.perf_counter()
         b = state.block
         s, e = self.pattern.block_bounds(b)
@@ -210,7 +211,7 @@ class Engine:
             frames, state.codec_state = self.codec.decode(x, state.codec_state)
         else:
             frames = x
-        if x.is_cuda:
+        if x.is_cuda and sync:
             torch.cuda.synchronize()
         state.seconds.append(time.perf_counter() - t_start)
         return frames, state

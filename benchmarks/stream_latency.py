@@ -1,0 +1,165 @@
+"""The streaming latency protocol: what a viewer of a generated stream waits for, measured end to end.
+
+For each (pattern, steps per chunk, decoder) one video is streamed through ``stream/realtime.py`` (the
+decoder on a second CUDA stream, frames into pinned host memory) after a warm-up video, and we report:
+
+  first_ms     time to the first frame on the host (the first block: steps_first steps, decoded)
+  frame_p50/99 per-frame latency: the gap between consecutive blocks' arrival divided by their frames (ms)
+  jitter_ms    standard deviation of the inter-block arrival gaps
+  e2e_fps      video frames / wall time from start to the last frame on the host
+  dit_fps      the same stream without decoding, synchronised per block (the DiT alone)
+  peak_gib     peak GPU memory of the streamed video
+
+Random weights at the real configuration (speed does not depend on the values): Wan2.1-1.3B at 832×480,
+81 frames = 21 latent frames of 60×104, a random 512-token text context; decoders none | wan_vae (diffusers'
+AutoencoderKLWan at its Wan2.1 config, streamed) | taehv (the taew2_1 tiny decoder). ``--graphs`` captures
+the per-chunk forward as a CUDA graph (``Engine(graphs=True)``); ``--check-14b`` also builds the 14B DiT
+and streams one chunk to report its memory.
+
+    python benchmarks/stream_latency.py --out results/stream_latency.json [--graphs] [--plot results/stream.png]
+    python benchmarks/stream_latency.py --smoke     # a tiny configuration: checks the script in seconds
+
+Prints a table and writes JSON (and a plot with --plot).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+
+import torch
+from common import write_result
+
+from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.kv_policy import FULL
+from causal_rcm.models import WanDiT
+from causal_rcm.stream.codec import PixelCodec, TinyDecoderCodec, WanVAECodec
+from causal_rcm.stream.engine import Engine, Noise
+from causal_rcm.stream.realtime import realtime_frames
+from causal_rcm.stream.sampling import FewStep
+
+
+def decoder(name: str, smoke: bool):
+    if name == "none":
+        return PixelCodec()
+    if name == "wan_vae":
+        from diffusers import AutoencoderKLWan
+
+        kw = dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if smoke else {}  # else Wan2.1's
+        return WanVAECodec(AutoencoderKLWan(**kw).to("cuda", torch.bfloat16).eval())
+    if name == "taehv":
+        from causal_rcm.models.vae import TinyDecoderConfig, TinyVideoDecoder, taew2_1
+
+        cfg = TinyDecoderConfig(widths=(16, 8, 8, 8)) if smoke else taew2_1()
+        return TinyDecoderCodec(TinyVideoDecoder(cfg).to("cuda", torch.bfloat16).eval())
+    raise SystemExit(f"unknown decoder {name!r}; choose none, wan_vae or taehv")
+
+
+def stream_once(engine: Engine, ctx, frames: int, seed: int):
+    state = engine.start(ctx, None, Noise(seed, [0], "cuda"))
+    arrivals, blocks = [], []
+    torch.cuda.synchronize()
+    for b, f, t in realtime_frames(engine, state, frames):
+        arrivals.append(t)
+        blocks.append(f.shape[1])
+    return arrivals, blocks
+
+
+def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool) -> dict:
+    C, H, W = shape
+    how = FewStep(pattern, steps_first=4 if pattern == "c3-3" else steps, steps=steps)
+    engine = Engine(net, how, (C, H, W), codec, FULL, frames, graphs=graphs)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        stream_once(engine, ctx, frames, 0)  # warm-up: allocations, autotuning, graph capture
+        torch.cuda.reset_peak_memory_stats()
+        arrivals, per_block = stream_once(engine, ctx, frames, 1)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        dit = Engine(net, how, (C, H, W), PixelCodec(), FULL, frames, graphs=graphs)
+        stream_once(dit, ctx, frames, 0)
+        t0 = time.perf_counter()
+        st = dit.start(ctx, None, Noise(1, [0], "cuda"))
+        while st.frame < frames:
+            dit.step(st, decode=False)
+        dit_s = time.perf_counter() - t0
+    video = 1 + codec.temporal_stride * (frames - 1)  # video frames of `frames` latent frames
+    scale = video / sum(per_block)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    per_frame = [1000 * g / (n * scale) for g, n in zip(gaps, per_block[1:])] or [float("nan")]
+    return dict(pattern=pattern, steps=steps, first_ms=1000 * arrivals[0],
+                frame_p50=statistics.median(per_frame), frame_p99=sorted(per_frame)[int(0.99 * (len(per_frame) - 1))],
+                jitter_ms=1000 * statistics.pstdev(gaps) if len(gaps) > 1 else 0.0,
+                e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patterns", default="c3-3,c1-1")
+    ap.add_argument("--steps", default="1,2,4")
+    ap.add_argument("--decoders", default="none,taehv,wan_vae")
+    ap.add_argument("--graphs", action="store_true", help="capture the per-chunk forward as a CUDA graph")
+    ap.add_argument("--check-14b", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--out", default="results/stream_latency.json")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
+    torch.manual_seed(0)
+    # the smoke configuration keeps Wan's 16 latent channels so every decoder fits it
+    cfg = dataclasses.replace(preset("tiny"), in_dim=16, out_dim=16) if args.smoke else preset("wan2.1-1.3b")
+    shape, frames, ctx_len = ((cfg.in_dim, 8, 12), 5, 8) if args.smoke else ((16, 60, 104), 21, 512)
+    net = WanDiT(cfg).to("cuda", torch.bfloat16).eval().requires_grad_(False)
+    ctx = torch.randn(1, ctx_len, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
+    rows = []
+    for dec in args.decoders.split(","):
+        codec = decoder(dec, args.smoke)
+        for pattern in args.patterns.split(","):
+            if pattern == "c3-3" and (frames - 3) % 3:
+                continue
+            for steps in (int(s) for s in args.steps.split(",")):
+                r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs))
+                rows.append(r)
+                print(r, flush=True)
+    meta = dict(preset="tiny" if args.smoke else "wan2.1-1.3b", latent_frames=frames, graphs=args.graphs)
+    if args.check_14b:
+        del net
+        torch.cuda.empty_cache()
+        big = WanDiT(preset("wan2.1-14b")).to("cuda", torch.bfloat16).eval().requires_grad_(False)
+        ctx14 = torch.randn(1, 512, big.cfg.text_dim, device="cuda", dtype=torch.bfloat16)
+        torch.cuda.reset_peak_memory_stats()
+        engine = Engine(big, FewStep("c3-3", 2, 2), (16, 60, 104), PixelCodec(), FULL, 21)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            st = engine.start(ctx14, None, Noise(0, [0], "cuda"))
+            t0 = time.perf_counter()
+            engine.step(st, decode=False)
+            engine.step(st, decode=False)
+        meta["wan14b"] = dict(weights_gib=sum(p.numel() for p in big.parameters()) * 2 / 2**30,
+                              peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+                              two_chunks_s=time.perf_counter() - t0)
+        print("14B:", meta["wan14b"])
+    write_result(args.out, rows, [("decoder", "decoder", 8, "s"), ("pattern", "pattern", 7, "s"),
+                                  ("steps", "steps", 5, "d"), ("first_ms", "first ms", 9, ".1f"),
+                                  ("frame_p50", "p50 ms/f", 9, ".2f"), ("frame_p99", "p99 ms/f", 9, ".2f"),
+                                  ("jitter_ms", "jitter", 7, ".1f"), ("dit_fps", "DiT fps", 8, ".1f"),
+                                  ("e2e_fps", "e2e fps", 8, ".1f"), ("peak_gib", "peak GiB", 8, ".1f")], **meta)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        labels = [f"{r['decoder']}\n{r['pattern']} {r['steps']}st" for r in rows]
+        ax.bar(range(len(rows)), [r["e2e_fps"] for r in rows], label="end to end")
+        ax.plot(range(len(rows)), [r["dit_fps"] for r in rows], "k_", markersize=18, label="DiT only")
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_ylabel("frames per second")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
