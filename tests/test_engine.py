@@ -152,3 +152,23 @@ def test_static_cache_stream_equals_the_dynamic_stream(tiny_model, how, policy):
                             static=static)
             out.append(stream(engine, engine.start(ctx, ctx_u, Noise(7, [0, 1], "cpu")), T))
     assert (out[0] - out[1]).abs().max() <= 1e-5
+
+
+def test_realtime_frames_hand_over_every_block_of_the_stream(tiny_model):
+    """The real-time loop (decode per block, frames out at once) delivers the stream's own frames."""
+    from causal_rcm.stream.realtime import realtime_frames
+
+    how = FewStep("c1-4", 2, 1)
+    ctx = torch.randn(1, 5, TINY.text_dim)
+    C, T, H, W = SHAPE
+    with torch.no_grad():
+        ref, _ = run(tiny_model, ctx, None, how, ids=(0,))
+        engine = Engine(tiny_model, how, (C, H, W), max_frames=T)
+        got = list(realtime_frames(engine, engine.start(ctx, None, Noise(7, [0], "cpu")), T))
+    assert [b for b, _, _ in got] == [0, 1]
+    times = [t for _, _, t in got]
+    assert times == sorted(times)
+    frames = torch.from_numpy(__import__("numpy").concatenate([f for _, f, _ in got], axis=1))
+    assert frames.shape == (1, T, H, W, C)  # the tiny model's 4 channels pass the identity codec as they are
+    want = ((ref + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
+    assert torch.equal(frames, want)
