@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +33,7 @@ def bundles(tmp_path_factory):
     text = WorldTextEncoder.for_prompts(list(make_world(WORLD).prompts()), dim=16, num_layers=1, num_heads=2)
     net = randomize_(WanDiT(dataclasses.replace(preset("blob-tiny"), text_dim=16)))
     student = Bundle(net, text, FewStep("c1-4", 2, 1), WORLD, "student").save(root / "student.safetensors")
-    teacher = Bundle(net, text, Euler(steps=2), WORLD, "teacher").save(root / "teacher.safetensors")
+    Bundle(net, text, Euler(steps=2), WORLD, "teacher").save(root / "teacher.safetensors")
     data = student.read_bytes()
     (root / "trunc.safetensors").write_bytes(data[: len(data) // 3])
     with torch.no_grad():

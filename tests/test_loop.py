@@ -1,6 +1,5 @@
 """The training loop's bookkeeping: evaluation schedule, logging, checkpoints that survive kills and torn
 writes, refusal of changed settings, the NaN guard and Ctrl-C."""
-import json
 import shutil
 
 import pytest

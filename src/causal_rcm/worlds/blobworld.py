@@ -15,7 +15,6 @@ passive balls in slots 0â€“1 and the agent in slot 2. Empty slots have colour âˆ
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Sequence
 
 import numpy as np
