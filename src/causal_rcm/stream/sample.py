@@ -23,7 +23,7 @@ from ..runtime import autocast_for
 from .bundle import Bundle
 from .codec import to_uint8, to_unit
 from .engine import Engine, Noise, stream
-from .sampling import Euler, Sampling, with_overrides
+from .sampling import Euler, Sampling
 
 
 def sample_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0, device=None) -> torch.Tensor:
@@ -147,7 +147,3 @@ def _stream_batch(bundle: Bundle, prompts: list[str], seed: int, start: int, sp,
     video = stream(engine, state, T, actions, on_block=lambda b, f: bar.update(len(prompts)))
     return torch.cat(first + [video], dim=2), state.seconds
 
-
-def resolved(bundle: Bundle, **overrides) -> Sampling:
-    """The bundle's sampling with CLI overrides (``steps``, ``cfg``, ``shift``, ``steps_first``) applied."""
-    return with_overrides(bundle.sampling, **overrides)
