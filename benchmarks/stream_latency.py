@@ -83,7 +83,9 @@ def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool) -> dic
         while st.frame < frames:
             dit.step(st, decode=False)
         dit_s = time.perf_counter() - t0
-    video = 1 + codec.temporal_stride * (frames - 1)  # video frames of `frames` latent frames
+    # video frames of `frames` latent frames through Wan's VAE (temporal stride 4), whichever decoder runs,
+    # so the DiT-only rows count the frames the latents stand for (81 for 21)
+    video = 1 + 4 * (frames - 1)
     scale = video / sum(per_block)
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     per_frame = [1000 * g / (n * scale) for g, n in zip(gaps, per_block[1:])] or [float("nan")]
