@@ -146,13 +146,17 @@ def split_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
     return groups
 
 
+def _hash_tensor(h, k: str, v: torch.Tensor) -> None:
+    v = v.contiguous()
+    h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+    h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+
+
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
     h = hashlib.sha256()
     for k in sorted(tensors):
-        v = tensors[k].contiguous()
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        _hash_tensor(h, k, tensors[k])
     return h.hexdigest()
 
 
@@ -167,10 +171,9 @@ def save_bundle(path: str | Path, modules: dict, config: dict, dtype: torch.dtyp
     return path
 
 
-def load_bundle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """(tensor groups, config) of a bundle; ``BundleError`` with one line for every way the file can be bad."""
+def bundle_header(path: str | Path) -> tuple[dict, dict]:
+    """(config, safetensors metadata) of a bundle, reading no tensor; ``BundleError`` when it is no bundle."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if path.is_dir():
@@ -182,24 +185,47 @@ def load_bundle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], d
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt: {e}); "
                           "re-export or re-download it") from None
     if "config" in meta:
-        config = json.loads(meta["config"])
-    elif path.with_suffix(".json").is_file():
-        config = json.loads(path.with_suffix(".json").read_text())
-    else:
-        raise BundleError(f"{path} carries no config (metadata 'config' or {path.with_suffix('.json').name})")
+        return json.loads(meta["config"]), meta
+    if path.with_suffix(".json").is_file():
+        return json.loads(path.with_suffix(".json").read_text()), meta
+    raise BundleError(f"{path} carries no config (metadata 'config' or {path.with_suffix('.json').name})")
+
+
+def check_bundle_tensors(path: str | Path, tensors, meta: dict) -> None:
+    """The checksum written with the tensors, and finite weights; ``tensors`` may be a lazy mapping (one
+    tensor read at a time)."""
+    path = Path(path)
+    h, bad = hashlib.sha256(), []
+    for k in sorted(tensors):  # one pass: a lazy mapping reads each tensor once
+        v = tensors[k]
+        _hash_tensor(h, k, v)
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad.append(k)
     want = meta.get("tensors_sha256")
-    if want is not None and tensors_sha256(tensors) != want:
+    if want is not None and h.hexdigest() != want:
         raise BundleError(f"{path}: its tensors do not match the checksum written with them (the file was "
                           "changed after it was saved); re-export or re-download it")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise BundleError(f"{path}: {len(bad)} tensors hold NaN or infinite weights (first: {bad[0]}); the run that "
                           "wrote it diverged: use an earlier checkpoint")
+
+
+def load_bundle(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """(tensor groups, config) of a bundle; ``BundleError`` with one line for every way the file can be bad."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config, meta = bundle_header(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise BundleError(f"{path} is not a readable safetensors file (truncated or corrupt: {e}); "
+                          "re-export or re-download it") from None
+    check_bundle_tensors(path, tensors, meta)
     return split_prefixes(tensors), config
 
 

@@ -163,3 +163,57 @@ def load_wan(cls, source, num_heads: int | None = None, **overrides):
     model = model.to_empty(device="cpu").to(dtype)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def load_into(model: torch.nn.Module, files, prefix: str = "", rename=None, allow_missing: tuple[str, ...] = ()
+              ) -> list[str]:
+    """Fill ``model``'s (possibly FSDP-sharded, possibly just materialised from the meta device) parameters
+    and buffers in place from safetensors files, one tensor at a time, reading for a parameter sharded along
+    dim 0 only the rows this rank holds: no rank ever holds the whole model, on the CPU or elsewhere.
+
+    File keys are ``prefix`` + the model's names after ``rename`` (a map of whole state dicts such as
+    ``to_wan_names``, applied to the keys only). Returns the model keys no file has; each must start with
+    one of ``allow_missing`` (e.g. MeanFlow's new ``r_embedding``), else KeyError."""
+    from contextlib import ExitStack
+
+    from safetensors import safe_open
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
+        where = {}
+        for h in handles:
+            keys = [k[len(prefix):] for k in h.keys() if k.startswith(prefix)]
+            names = rename(dict.fromkeys(keys)) if rename is not None else dict.fromkeys(keys)
+            for name, key in zip(names, keys):
+                where[name] = (h, prefix + key)
+        targets = model.state_dict(keep_vars=True)
+        missing = [k for k in targets if k not in where]
+        bad = [k for k in missing if not k.startswith(allow_missing)] if allow_missing else missing
+        if bad:
+            raise KeyError(f"checkpoint {', '.join(map(str, files))} lacks {len(bad)} tensors the model has: {bad[:10]}")
+        with torch.no_grad():
+            for name, p in targets.items():
+                if name not in where:
+                    continue
+                h, key = where[name]
+                sl = h.get_slice(key)
+                if tuple(sl.get_shape()) != tuple(p.shape):
+                    raise KeyError(f"{key}: checkpoint shape {tuple(sl.get_shape())}, model {tuple(p.shape)}")
+                if isinstance(p, DTensor):
+                    local = p.to_local()
+                    if p.device_mesh.ndim != 1 or not isinstance(p.placements[0], (Shard, Replicate)):
+                        raise ValueError(f"{name}: only 1-D meshes with dim-0 shards load here, got {p.placements}")
+                    if isinstance(p.placements[0], Shard) and p.placements[0].dim == 0:
+                        # torch.chunk's split (FSDP2's): chunks of ceil(n / world) rows, the last ones shorter
+                        chunk = -(-p.shape[0] // p.device_mesh.size())
+                        start = chunk * p.device_mesh.get_local_rank()
+                        if local.shape[0]:
+                            local.copy_(sl[start:start + local.shape[0]])
+                        continue
+                    if isinstance(p.placements[0], Shard):
+                        raise ValueError(f"{name}: only dim-0 shards load here, got {p.placements}")
+                    local.copy_(sl[:])
+                else:
+                    p.copy_(sl[:] if p.ndim else h.get_tensor(key))
+    return missing

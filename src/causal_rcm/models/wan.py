@@ -66,6 +66,11 @@ class WanBlock(nn.Module):
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
         return gate(x, self.ffn(h), g2)
 
+    def context_kv(self, ctx):
+        """The prompt's cross-attention (k, v) of this block: a method of the block that owns the weights,
+        so that a per-block FSDP2 unit gathers them for this call too (``train/parallelize.py``)."""
+        return self.cross_attn.context_kv(ctx)
+
     def cross(self, h, ctx_kv, backend: str = "auto"):
         a = self.cross_attn
         q = a.heads(a.norm_q(a.q(h))).transpose(1, 2)
@@ -226,7 +231,7 @@ class WanDiT(nn.Module):
     def context_kv(self, context: torch.Tensor):
         """The prompt's cross-attention K/V for every layer (computed once per prompt when streaming)."""
         ctx = self.text_embedding(context)
-        return [blk.cross_attn.context_kv(ctx) for blk in self.blocks]
+        return [blk.context_kv(ctx) for blk in self.blocks]
 
     def patchify(self, x):
         """[B, C, F, H, W] -> tokens [B, F·N, D] and the token grid (F, Hp, Wp)."""

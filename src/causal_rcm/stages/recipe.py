@@ -14,6 +14,9 @@ folder) to later stages: ``inputs`` maps a config key to an earlier stage's name
 already exists is skipped, so a killed recipe resumes where it was (and stages resume from checkpoints).
 Built-in recipes ship with the package (``causal_rcm/recipes/*.yaml``): ``causal-rcm run blob-tiny`` finds
 them by name, a path to a YAML file works too.
+
+Under ``torchrun`` every process runs every training stage together (each splits its batch over them);
+the synthetic data, the scores and the report are made by rank 0 alone.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..train import distributed as D
 from .common import EvalConfig
 from .report import report, score_bundle, score_data
 
@@ -100,7 +104,7 @@ def _synth(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     from .synth import run_synth, synth_preset
 
     cfg = apply_overrides(synth_preset(st.get("preset", "blob-s")), _overrides(st, outputs))
-    return {"data": run_synth(cfg, run_dir, device)}
+    return {"data": D.on_main(lambda: run_synth(cfg, run_dir, device))}
 
 
 def _student(st: dict, run_dir: Path, outputs: dict, device) -> dict:
@@ -132,8 +136,8 @@ STAGE_RUNNERS = {"world": _world, "teacher": _teacher, "synth": _synth, **{m: _s
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:
     """Run every stage, score every bundle against the data row, write RUN/report.md."""
     out, recipe, scored, run_dirs, world = run_stages(path, out, device)
-    return report(out, f"Recipe {recipe['name']}", scored, run_dirs, world,
-                  intro=f"Recipe file: `{Path(path).as_posix()}`; run folder: `{out.as_posix()}`.")
+    return D.on_main(lambda: report(out, f"Recipe {recipe['name']}", scored, run_dirs, world,
+                                    intro=f"Recipe file: `{Path(path).as_posix()}`; run folder: `{out.as_posix()}`."))
 
 
 def run_stages(path: str | Path, out: str | Path | None = None, device=None):
@@ -141,22 +145,28 @@ def run_stages(path: str | Path, out: str | Path | None = None, device=None):
     recipe = load_recipe(path)
     out = Path(out or recipe.get("out") or f"runs/{recipe['name']}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    if D.is_main():
+        (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     outputs: dict[str, dict] = {}
     for st in recipe["stages"]:
         name = st.get("name", st["stage"])
-        print(f"== stage {name} ({st['stage']}) -> {out / name}", flush=True)
+        if D.is_main():
+            print(f"== stage {name} ({st['stage']}) -> {out / name}", flush=True)
         outputs[name] = STAGE_RUNNERS[st["stage"]](st, out / name, outputs, device)
     try:
         ev = dataclasses.replace(EvalConfig(), **(recipe.get("report") or {}))
     except TypeError as e:
         raise ValueError(f"recipe 'report' settings: {e}; valid: prompts, per_prompt, seed, batch") from None
-    scored = []
-    for name, o in outputs.items():
-        if "bundle" in o:
-            print(f"== scoring {name}", flush=True)
-            scored.append(score_bundle(name, o["bundle"], ev, device=device))
     world = next(o["world"] for o in outputs.values() if "world" in o)
-    scored = [score_data(world, ev)] + scored
+
+    def score() -> list:
+        rows = [score_data(world, ev)]
+        for name, o in outputs.items():
+            if "bundle" in o:
+                print(f"== scoring {name}", flush=True)
+                rows.append(score_bundle(name, o["bundle"], ev, device=device))
+        return rows
+
+    scored = D.on_main(score)
     run_dirs = {name: o["run_dir"] for name, o in outputs.items() if "run_dir" in o}
     return out, recipe, scored, run_dirs, world

@@ -36,8 +36,10 @@ from ..stream.engine import Noise
 from ..stream.sampling import Euler, FewStep
 from ..train import distributed as D
 from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, make_ema, run_loop
+from ..train.parallelize import ParallelConfig
+from ..train.placement import Placement
 from ..worlds.registry import make_world
-from .common import EvalConfig, begin_run, load_bundle_for
+from .common import EvalConfig, begin_run
 from .report import evaluate_bundle
 from .tf import TFData
 
@@ -63,6 +65,7 @@ class DMDConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(betas=(0.0, 0.999), weight_decay=0.0,
                                                                    ema_sigma_rel=0.1))
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         if self.critic_ratio < 1:
@@ -110,8 +113,9 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
-    src = load_bundle_for(cfg.init, "init", dev, trainable=True)
-    real = load_bundle_for(cfg.teacher, "teacher", dev)
+    place = Placement(cfg.parallel, dev)
+    src = place.load_bundle(cfg.init, "init", trainable=True)
+    real = place.load_bundle(cfg.teacher, "teacher")
     if not isinstance(real.sampling, Euler):
         raise ValueError(f"teacher= must be a bidirectional teacher bundle, got sampling {real.sampling.method!r}")
     if not src.causal:
@@ -124,17 +128,18 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     pattern = ChunkPattern.parse(how.pattern)
     world, text = src.world_or_raise(), src.text_encoder
     w = make_world(world)
-    gen_net = src.net.train().requires_grad_(True)
+    gen_net = src.net
     real_net = real.net
-    critic = load_bundle_for(cfg.teacher, "teacher", dev, trainable=True).net
-    ema = make_ema(gen_net, tc)
+    critic = place.load_bundle(cfg.teacher, "teacher", trainable=True).net
+    ema = make_ema(gen_net, tc, copy=place.replica)
     gen_opt = Stepper(gen_net.parameters(), tc)
     critic_opt = Stepper(critic.parameters(), tc, lr=cfg.lr_critic)
     shape = src.latent_shape
     prompts_all = w.prompts() or ("",)
-    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    micro = place.micro_batches(local_ids(tc.batch, D.rank(), D.world_size()))
+    n_acc = len(micro)  # each micro-batch's loss is its mean: 1/n of it makes the rank's mean gradient
     n_actions = gen_net.cfg.action_dim
-    joint = _joint_setup(cfg, src, pattern, dev, ids) if cfg.joint else None
+    joint = _joint_setup(cfg, src, pattern, dev, place) if cfg.joint else None
     resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
 
@@ -151,9 +156,9 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     starts_from = TFData(cfg.data, src, False, tc.seed, dev).data if starts else None
     given = src.first_block_frames if starts else 0
 
-    def draw(step: int, tag: int, sub: int):
-        """One rollout batch: prompts, contexts, per-sample noise, actions, given first frames, and the
-        DMD/critic draws (per frame: the given frames at t_D = 0)."""
+    def draw(step: int, tag: int, sub: int, ids: range):
+        """One rollout batch of samples ``ids``: prompts, contexts, per-sample noise, actions, given first
+        frames, and the DMD/critic draws (per frame: the given frames at t_D = 0)."""
         rng = SampleRandom(tc.seed, tag, step * 64 + sub, ids, dev)
         prefill, a = None, None
         if starts_from is not None:  # real first frames and the actions recorded after them
@@ -175,40 +180,47 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         eps = rng.randn(*shape)
         return ctx, ctx_u, noise, actions, prefill, t_D, eps
 
+    def add(m: dict, metrics: dict, weight: float) -> None:
+        for n, v in metrics.items():
+            m[n] = m.get(n, 0.0) + float(v) * weight
+
     def step_fn(step: int) -> dict:
         m: dict[str, float] = {}
         for k in range(cfg.critic_ratio):
-            ctx, _, noise, actions, prefill, t_D, eps = draw(step, CRITIC, k)
-            with torch.no_grad(), autocast_for(dev, tc.precision):
-                G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
-                            actions=actions, prefill=prefill).video
-            with autocast_for(dev, tc.precision):
-                loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions, given)
-            mc.update({f"critic_{n}": v for n, v in critic_opt.step(loss_c, step).items()})
-            for n, v in mc.items():
-                m[n] = m.get(n, 0.0) + float(v) / cfg.critic_ratio
+            for ids in micro:
+                ctx, _, noise, actions, prefill, t_D, eps = draw(step, CRITIC, k, ids)
+                with torch.no_grad(), autocast_for(dev, tc.precision):
+                    G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
+                                actions=actions, prefill=prefill).video
+                with autocast_for(dev, tc.precision):
+                    loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions, given)
+                critic_opt.backward(loss_c, 1 / n_acc)
+                add(m, mc, 1 / (n_acc * cfg.critic_ratio))
+            add(m, {f"critic_{n}": v for n, v in critic_opt.step(None, step).items()}, 1 / cfg.critic_ratio)
         # generator: rollout, DMD target on the whole video, gradients (replayed block by block or plain)
-        ctx, ctx_u, noise, actions, prefill, t_D, eps = draw(step, GENERATOR, 0)
-        with autocast_for(dev, tc.precision):
-            with torch.set_grad_enabled(not cfg.replay):
-                ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions,
-                             prefill=prefill)
-            target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
-            if cfg.replay:
-                dmd_value = replay_blocks(gen_net, ctx, ro, pattern, target,
-                                          lambda x0, tb: dmd_loss(x0.float(), tb), actions)
-            else:
-                loss = dmd_loss(ro.video.float(), target)
-                loss.backward()
-                dmd_value = loss.detach()
-            if joint is not None:
-                loss_j, mj = joint(gen_net, step)
-                (cfg.joint_weight * loss_j).backward()
-                md["joint_scm_loss"] = mj["loss"]
-        if not torch.isfinite(dmd_value):
+        dmd_value = torch.zeros((), dtype=torch.float64, device=dev)
+        for ids in micro:
+            ctx, ctx_u, noise, actions, prefill, t_D, eps = draw(step, GENERATOR, 0, ids)
+            with autocast_for(dev, tc.precision):
+                with torch.set_grad_enabled(not cfg.replay):
+                    ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions,
+                                 prefill=prefill)
+                target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
+                if cfg.replay:
+                    dmd_value += replay_blocks(gen_net, ctx, ro, pattern, target,
+                                               lambda x0, tb: dmd_loss(x0.float(), tb) / n_acc, actions)
+                else:
+                    loss = dmd_loss(ro.video.float(), target) / n_acc
+                    loss.backward()
+                    dmd_value += loss.detach()
+                if joint is not None:
+                    loss_j, mj = joint(gen_net, step, ids)
+                    (cfg.joint_weight * loss_j / n_acc).backward()
+                    md["joint_scm_loss"] = mj["loss"]
+            add(m, md, 1 / n_acc)
+        if not D.all_finite(dmd_value):
             gen_opt.opt.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(f"DMD loss is {float(dmd_value)}")
-        m.update({k: float(v) for k, v in md.items()})
+            raise NonFiniteLoss(f"DMD loss is {float(dmd_value)} (on this or another process)")
         m.update(gen_opt.step(None, step))  # gradients are already accumulated
         ema.update(gen_net)
         m["loss"] = float(dmd_value)
@@ -227,22 +239,19 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     run_loop(tc, run_dir, step_fn, {"generator": gen_net, "critic": critic, "ema": ema},
              {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluate, "sf_dmd", on_resume, resolved, D.is_main(),
              D.mean_over_ranks)
-    path = run_dir / "model.safetensors"
-    if D.is_main():
-        ema_bundle().save(path, method="sf_dmd", w_real=w_real)
-    return path
+    return place.save_bundle(ema_bundle(), run_dir / "model.safetensors", method="sf_dmd", w_real=w_real)
 
 
-def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, ids):
+def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, place: Placement):
     """Joint mode's regulariser: the TF-sCM recipe (this run's objective, the generator's pattern) on a
     synthetic batch; a closure ``loss_at(net, step)``."""
     if not cfg.data or not cfg.tf_teacher:
         raise ValueError("joint mode needs data= (a synthetic dataset) and tf_teacher= (the causal teacher)")
     data = TFData(cfg.data, src, False, cfg.train.seed, dev)
-    tf_teacher = load_bundle_for(cfg.tf_teacher, "tf_teacher", dev).net
+    tf_teacher = place.load_bundle(cfg.tf_teacher, "tf_teacher").net
     recipe = METHODS["tf_scm"]
 
-    def loss_at(net, step):
+    def loss_at(net, step, ids):
         b, rng = data.batch(step, ids, tag=JOINT)
         v_fn, jvp_fn = obj.net_fns(net)
         return recipe.loss(Nets(v_fn, jvp_fn, obj.net_fns(tf_teacher)[0]), b, rng, cfg.objective, pattern,

@@ -28,6 +28,8 @@ from ..stream.codec import to_unit
 from ..stream.sampling import Euler
 from ..train import distributed as D
 from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
+from ..train.parallelize import ParallelConfig
+from ..train.placement import Placement
 from ..worlds.base import WorldConfig
 from ..worlds.registry import check_world, make_world
 from ..worlds.loader import world_loader
@@ -51,9 +53,10 @@ class TeacherConfig:
     # world models started from real frames (Atari) and I2V: each sample gives its first P frames clean, P
     # drawn from these (0 = none), so the teacher samples from any of them (stream/sample.euler_batch)
     prefix_frames: tuple[int, ...] = ()
-    compile: bool = True  # torch.compile the network on GPU
+    compile: bool = True  # torch.compile the whole network on GPU (one process; parallel.compile: per block)
     data: str = ""  # a world sample file to train on instead of rendering batches (worlds that emulate: Atari)
     init: str = ""  # start from a teacher bundle's weights (e.g. continue the shipped teacher)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         check_world(self.world)
@@ -121,13 +124,16 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
         if any(not k.startswith("action_embedding.") for k in missing):
             raise ValueError(f"init={cfg.init} lacks weights {missing[:4]}")
         text.load_state_dict(start.text_encoder.state_dict())
+    place = Placement(cfg.parallel, dev)
+    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    parts = [slice(m.start - ids.start, m.stop - ids.start) for m in place.micro_batches(ids)]
     resolved = begin_run("teacher", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
-    teacher = torch.nn.ModuleDict({"net": net, "text_encoder": text}).to(dev)
-    ema = make_ema(teacher, tc)
+    teacher = place.prepare(torch.nn.ModuleDict({"net": net, "text_encoder": text}), trainable=True)
+    ema = make_ema(teacher, tc, copy=place.replica)
     stepper = Stepper(teacher.parameters(), tc)
-    fwd = torch.compile(net) if (cfg.compile and dev.type == "cuda") else net
-    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    whole = cfg.compile and dev.type == "cuda" and not place.sharded and not cfg.parallel.compile
+    fwd = torch.compile(net) if whole else net
     n_actions = net.cfg.action_dim
     loader = {}
     files = _training_file(cfg) if cfg.data else None
@@ -154,17 +160,23 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
         if cfg.prefix_frames:
             choice = torch.tensor(cfg.prefix_frames, device=dev)
             prefix = choice[rng.randint(len(cfg.prefix_frames))]
-        actions = None
-        if n_actions:
-            actions = encode_actions(frame_action_ids(batch["actions"].numpy(), x0.shape[2]), n_actions, dev)
-            actions = actions.drop(keep)
-        with autocast_for(dev, tc.precision):
-            ctx = text.encode(prompts)
-            loss, metrics = flow_matching_loss(fwd, x0, eps, t, ctx, actions=actions, prefix=prefix)
-        metrics.update(stepper.step(loss, step))
+        metrics: dict[str, float] = {}
+        for part in parts:  # the rank's batch in micro-batches (gradient accumulation)
+            actions = None
+            if n_actions:
+                actions = encode_actions(frame_action_ids(batch["actions"][part].numpy(), x0.shape[2]), n_actions, dev)
+                actions = actions.drop(keep[part])
+            with autocast_for(dev, tc.precision):
+                ctx = text.encode(prompts[part])
+                loss, mm = flow_matching_loss(fwd, x0[part], eps[part], t[part], ctx, actions=actions,
+                                              prefix=None if prefix is None else prefix[part])
+            stepper.backward(loss, 1 / len(parts))
+            for k, v in mm.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / len(parts)
+        metrics.update(stepper.step(None, step))
         ema.update(teacher)
         metrics["data_wait_s"] = t_wait
-        return {k: float(v) for k, v in metrics.items()}
+        return metrics
 
     extra = {"context_frames": max(cfg.prefix_frames)} if cfg.prefix_frames else {}
 
@@ -176,10 +188,7 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
 
     run_loop(tc, run_dir, step_fn, {"teacher": teacher, "ema": ema}, {"opt": stepper.opt}, evaluate, "teacher",
              stepper.on_resume, resolved, D.is_main(), D.mean_over_ranks)
-    path = run_dir / "teacher.safetensors"
-    if D.is_main():
-        ema_bundle().save(path)
-    return path
+    return place.save_bundle(ema_bundle(), run_dir / "teacher.safetensors")
 
 
 def _training_file(cfg: TeacherConfig) -> dict:

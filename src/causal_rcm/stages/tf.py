@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import apply_overrides
+from ..config import WanConfig, apply_overrides
 from ..io import say
 from ..masks import ChunkPattern
 from ..models.conditioning import encode_actions, frame_action_ids
@@ -30,7 +30,9 @@ from ..stream.codec import to_unit
 from ..stream.sampling import EulerCFG, FewStep
 from ..train import distributed as D
 from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
-from .common import EvalConfig, begin_run, load_bundle_for
+from ..train.parallelize import ParallelConfig
+from ..train.placement import Placement, dual_time
+from .common import EvalConfig, begin_run
 from .report import evaluate_bundle
 
 
@@ -59,6 +61,7 @@ class TFConfig:
     sampling: Sampling = field(default_factory=Sampling)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self):
         method(self.method)
@@ -100,31 +103,37 @@ def bundle_sampling(cfg: TFConfig) -> FewStep | EulerCFG:
                    t_ctx=ob.t_ctx, ctx_start=ob.nc_start)
 
 
+def student_network(layers: tuple[int, ...], dual: bool):
+    """(config change, key map) from the init's network to the student's: the init's blocks ``layers`` (in
+    that order; () keeps all), MeanFlow's r-embedding (``dual``); embeddings and head kept. ``Placement``
+    applies them whole or shard by shard."""
+    def net_config(c: WanConfig) -> WanConfig:
+        if layers:
+            if len(set(layers)) != len(layers) or not all(0 <= i < c.num_layers for i in layers):
+                raise ValueError(f"student_layers {list(layers)} must be distinct block indices of the "
+                                 f"{c.num_layers}-layer init")
+            c = dataclasses.replace(c, num_layers=len(layers))
+        return dual_time(c) if dual else c
+
+    def rename(sd: dict) -> dict:
+        if not layers:
+            return sd
+        out = {k: v for k, v in sd.items() if not k.startswith("blocks.")}
+        for new, old in enumerate(layers):
+            out.update({f"blocks.{new}.{k[len(f'blocks.{old}.'):]}": v for k, v in sd.items()
+                        if k.startswith(f"blocks.{old}.")})
+        return out
+
+    return net_config, rename
+
+
 def with_layers(b: Bundle, layers: tuple[int, ...]) -> Bundle:
     """The bundle's network cut to the blocks ``layers`` (in that order), embeddings and head kept."""
     if not layers:
         return b
-    n = b.net.cfg.num_layers
-    if len(set(layers)) != len(layers) or not all(0 <= i < n for i in layers):
-        raise ValueError(f"student_layers {list(layers)} must be distinct block indices of the {n}-layer init")
-    net = type(b.net)(dataclasses.replace(b.net.cfg, num_layers=len(layers))).to(b.device)
-    src = b.net.state_dict()
-    sd = {k: v for k, v in src.items() if not k.startswith("blocks.")}
-    for new, old in enumerate(layers):
-        sd.update({f"blocks.{new}.{k[len(f'blocks.{old}.'):]}": v for k, v in src.items()
-                   if k.startswith(f"blocks.{old}.")})
-    net.load_state_dict(sd)
-    b.net = net
-    return b
-
-
-def with_dual_time(b: Bundle) -> Bundle:
-    """MeanFlow: add the r-embedding (zero last layer: the student starts as the network it came from)."""
-    if b.net.cfg.dual_time:
-        return b
-    net = type(b.net)(dataclasses.replace(b.net.cfg, dual_time=True)).to(b.device)
-    missing = net.load_state_dict(b.net.state_dict(), strict=False).missing_keys
-    assert all(k.startswith("r_embedding") for k in missing), missing
+    net_config, rename = student_network(layers, False)
+    net = type(b.net)(net_config(b.net.cfg)).to(b.device)
+    net.load_state_dict(rename(b.net.state_dict()))
     b.net = net
     return b
 
@@ -167,29 +176,33 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
     pattern = ChunkPattern.parse(cfg.pattern)
-    # every input is loaded and checked before the run folder is touched
-    src = with_layers(load_bundle_for(cfg.init, "init", dev, trainable=True), cfg.student_layers)
-    if m.dual_time:
-        src = with_dual_time(src)
-    src.net.train().requires_grad_(True)
+    place = Placement(cfg.parallel, dev)
+    # every input is loaded and checked before the run folder is touched; a smaller student takes some of
+    # the init's blocks, MeanFlow adds the r-embedding (zero last layer: it starts as the network it came from)
+    net_config, rename = student_network(cfg.student_layers, m.dual_time)
+    src = place.load_bundle(cfg.init, "init", trainable=True, net_config=net_config, rename=rename)
     net, world = src.net, src.world_or_raise()
     pattern.check(src.latent_shape[1])
     data = TFData(cfg.data, src, m.needs_ode, tc.seed, dev)
-    teacher = load_bundle_for(cfg.teacher, "teacher", dev).net if m.needs_teacher else None
+    teacher = place.load_bundle(cfg.teacher, "teacher").net if m.needs_teacher else None
+    micro = place.micro_batches(local_ids(tc.batch, D.rank(), D.world_size()))
     resolved = begin_run(cfg.method, cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
-    ema = make_ema(net, tc)
+    ema = make_ema(net, tc, copy=place.replica)
     stepper = Stepper(net.parameters(), tc)
     v_fn, jvp_fn = obj.net_fns(net)
     nets = Nets(v_fn, jvp_fn, obj.net_fns(teacher)[0] if teacher is not None else None)
-    ids = local_ids(tc.batch, D.rank(), D.world_size())
 
     def step_fn(step: int) -> dict:
-        b, rng = data.batch(step, ids)
-        with autocast_for(dev, tc.precision):
-            loss, metrics = m.loss(nets, b, rng, cfg.objective, pattern, StepInfo(step, tc.steps))
-        metrics = {k: float(v) for k, v in metrics.items()}
-        metrics.update(stepper.step(loss, step))
+        metrics: dict[str, float] = {}
+        for ids in micro:  # each micro-batch's loss is its mean: 1/n of it makes the rank's mean gradient
+            b, rng = data.batch(step, ids)
+            with autocast_for(dev, tc.precision):
+                loss, mm = m.loss(nets, b, rng, cfg.objective, pattern, StepInfo(step, tc.steps))
+            stepper.backward(loss, 1 / len(micro))
+            for k, v in mm.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / len(micro)
+        metrics.update(stepper.step(None, step))
         ema.update(net)
         return metrics
 
@@ -208,10 +221,7 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
         if r_end < 1:
             say(f"warning: the run stopped with tangent warm-up r = {r_end:.2f} < 1: it has not trained the sCM "
                 "objective (METHOD.md §4); shorten objective.scm_warmup or train longer")
-    path = run_dir / "model.safetensors"
-    if D.is_main():
-        ema_bundle().save(path, method=cfg.method)
-    return path
+    return place.save_bundle(ema_bundle(), run_dir / "model.safetensors", method=cfg.method)
 
 
 __all__ = ["TFConfig", "Objective", "Sampling", "TFData", "tf_preset", "resolve", "train_tf"]

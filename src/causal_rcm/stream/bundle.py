@@ -44,6 +44,12 @@ def _world_text_encoder(cfg: dict, tensors: dict | None) -> TextEncoder:
 TEXT_ENCODERS = {"world": _world_text_encoder}
 
 
+def net_config(config: dict) -> WanConfig:
+    """The network's config from a bundle's config."""
+    mc = dict(config["model"])
+    return WanConfig.from_dict({**mc, "patch_size": tuple(mc["patch_size"])})
+
+
 def text_encoder_config(te: TextEncoder) -> dict:
     return {"kind": getattr(te, "kind", "world"), **te.cfg.to_dict()}
 
@@ -67,13 +73,19 @@ class Bundle:
     @classmethod
     def load(cls, path: str | Path, device=None, trainable: bool = False) -> "Bundle":
         groups, config = load_bundle(path)
+        return cls.from_config(path, config, groups).to(device, trainable)
+
+    @classmethod
+    def from_config(cls, path, config: dict, groups: dict, net: WanDiT | None = None) -> "Bundle":
+        """A bundle from its config and tensor groups; ``net``: a network already built and filled (one
+        sharded over processes by ``train/placement.py``) instead of one built from ``groups["net"]``."""
         for key in ("model", "text_encoder"):
             if key not in config:
                 raise BundleError(f"{path}: bundle config lacks {key!r}")
         try:
-            mc = dict(config["model"])
-            net = WanDiT(WanConfig.from_dict({**mc, "patch_size": tuple(mc["patch_size"])}))
-            net.load_state_dict({k: v.float() for k, v in groups["net"].items()})
+            if net is None:
+                net = WanDiT(net_config(config))
+                net.load_state_dict({k: v.float() for k, v in groups["net"].items()})
             te_cfg = config["text_encoder"]
             te_kind = te_cfg.get("kind", "world")
             if te_kind not in TEXT_ENCODERS:
@@ -85,8 +97,7 @@ class Bundle:
             raise BundleError(f"{path}: the bundle's tensors do not fit its config ({str(e).splitlines()[0]})") from None
         extra = {k: v for k, v in config.items()
                  if k not in ("kind", "model", "text_encoder", "world", "sampling", "codec")}
-        b = cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra)
-        return b.to(device, trainable)
+        return cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra)
 
     def config(self) -> dict:
         out = {"kind": self.kind, "model": self.net.cfg.to_dict(), "text_encoder": text_encoder_config(self.text_encoder),

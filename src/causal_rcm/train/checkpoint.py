@@ -8,6 +8,11 @@ is renamed at the end; ``latest`` (a pointer for people and tools) is rewritten 
 Resuming takes the newest checkpoint that *verifies* (every file present with its recorded sha256): a
 truncated, torn or deleted newest one is reported and the previous one is used. Pruning keeps the checkpoint
 just written and the ``keep − 1`` newest before it.
+
+Sharded networks (FSDP2, any run of several processes) write their state with DCP instead of safetensors
+(``sharded_state.py``: ``modules.dcp/``, ``optim_<name>.dcp/``, listed file by file in state.json): every rank
+writes its shards into the temporary folder, rank 0 checksums, renames and prunes. Either layout resumes on
+any number of processes.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic_write, flat_tensors, say, split_prefixes
+from . import distributed as D
+from . import sharded_state
 
 STEP_DIR = re.compile(r"step_(\d{8})$")
 
@@ -55,6 +62,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+HASH_LIMIT = 1 << 28  # larger files (a 14B model's shards) are checked by size: hashing them costs minutes
+
+
+def _fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    return f"bytes:{size}" if size > HASH_LIMIT else _sha256(path)
+
+
 def step_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, folder) of every checkpoint folder, oldest first."""
     root = Path(run_dir) / "checkpoints"
@@ -65,21 +80,33 @@ def step_dirs(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_training_state(run_dir: str | Path, step: int, modules: dict, optimizers: dict, extra: dict,
-                        keep: int = 2) -> Path:
+                        keep: int = 2, is_main: bool = True) -> Path:
+    """Write a checkpoint; with sharded modules a collective (every rank calls it, rank 0 finishes it)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(flat_tensors(modules), str(tmp / "modules.safetensors"))
-    meta = {"step": step, "extra": extra, "optimizers": {}}
-    for name, opt in optimizers.items():
-        tensors, m = _optim_to_tensors(opt)
-        save_file(tensors, str(tmp / f"optim_{name}.safetensors"))
-        meta["optimizers"][name] = m
-    meta["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    sharded = D.world_size() > 1 or any(sharded_state.is_sharded(m) for m in modules.values())
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    D.barrier()
+    if sharded:
+        meta = {"step": step, "extra": extra, **sharded_state.save(tmp, modules, optimizers)}
+        D.barrier()  # every rank's shards are on disk
+        if not is_main:
+            D.barrier()
+            return final
+    else:
+        save_file(flat_tensors(modules), str(tmp / "modules.safetensors"))
+        meta = {"step": step, "extra": extra, "optimizers": {}}
+        for name, opt in optimizers.items():
+            tensors, m = _optim_to_tensors(opt)
+            save_file(tensors, str(tmp / f"optim_{name}.safetensors"))
+            meta["optimizers"][name] = m
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    meta["files"] = {p.relative_to(tmp).as_posix(): _fingerprint(p) for p in files}
     (tmp / "state.json").write_text(json.dumps(meta))
-    for p in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+    for p in files + [tmp / "state.json"]:  # on disk before the rename makes the checkpoint visible
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     shutil.rmtree(final, ignore_errors=True)
@@ -89,6 +116,8 @@ def save_training_state(run_dir: str | Path, step: int, modules: dict, optimizer
     newer = [p for s, p in step_dirs(run_dir) if s > step]  # left by a run that was abandoned past here
     for old in older[:max(0, len(older) - (keep - 1))] + newer:
         shutil.rmtree(old, ignore_errors=True)
+    if sharded:
+        D.barrier()  # the others wait until the checkpoint is visible
     return final
 
 
@@ -106,7 +135,8 @@ def verify(ckpt: Path) -> str | None:
             if name.startswith("optim_"):
                 continue  # a weights-only copy (optimizers dropped to move it): resumes with fresh moments
             return f"{name} is missing"
-        if _sha256(p) != digest:
+        found = f"bytes:{p.stat().st_size}" if digest.startswith("bytes:") else _sha256(p)
+        if found != digest:
             return f"{name} does not match its checksum (truncated or changed)"
     if "files" not in meta and not (ckpt / "modules.safetensors").is_file():
         return "modules.safetensors is missing"
@@ -128,16 +158,28 @@ def checkpoint_meta(ckpt: Path) -> dict:
 
 
 def load_training_state(ckpt: Path, modules: dict, optimizers: dict) -> tuple[int, dict]:
+    meta = checkpoint_meta(ckpt)
+    if meta.get("format") == "dcp":
+        meta["extra"]["fresh_optimizers"] = sharded_state.load(ckpt, modules, optimizers, meta)
+        for name in meta["extra"]["fresh_optimizers"]:
+            say(f"note: optim_{name}.dcp is not in {ckpt}; optimizer {name!r} restarts with fresh moments")
+        return meta["step"], meta["extra"]
     try:
         groups = split_prefixes(load_file(str(ckpt / "modules.safetensors")))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"checkpoint {ckpt} cannot be read ({e}); delete it to resume from the one before") from None
-    for name, m in modules.items():
+    for name in modules:
         if name not in groups:
             raise ValueError(f"checkpoint {ckpt} has no weights for {name!r} (has {sorted(groups)})")
-        m.load_state_dict(groups[name])
-    meta = checkpoint_meta(ckpt)
     meta["extra"]["fresh_optimizers"] = []
+    if any(sharded_state.is_sharded(m) for m in modules.values()):  # one process's checkpoint, now sharded
+        present = {n: load_file(str(ckpt / f"optim_{n}.safetensors")) for n in optimizers
+                   if (ckpt / f"optim_{n}.safetensors").is_file()}
+        sharded_state.load_full(modules, optimizers, groups, present, meta["optimizers"])
+        meta["extra"]["fresh_optimizers"] = [n for n in optimizers if n not in present]
+        return meta["step"], meta["extra"]
+    for name, m in modules.items():
+        m.load_state_dict(groups[name])
     for name, opt in optimizers.items():
         path = ckpt / f"optim_{name}.safetensors"
         if not path.is_file():

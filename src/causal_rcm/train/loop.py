@@ -8,7 +8,9 @@ to checkpoint; the loop owns everything around it:
 - a kill loses at most the steps since the last checkpoint; Ctrl-C saves one and stops with ``Interrupted``;
 - a non-finite loss or gradient skips the step; ``max_bad_steps`` of them in a row stop with ``Diverged``;
 - ``RUN/summary.json`` at the end (steps, final loss, time, checkpoint), which the CLI prints.
-Only the main process writes (``is_main``); the metrics it logs are the mean over processes (``reduce``).
+Only the main process writes logs (``is_main``); the metrics it logs are the mean over processes
+(``reduce``). Checkpoints are written by every process together (sharded training state: ``train/sharded_state.py``);
+which checkpoint to resume and whether the time is up are decided once for all (``train/distributed.py``).
 """
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ..io import JsonlLog, progress, say, write_json
+from . import distributed as D
 from .checkpoint import checkpoint_meta, latest_checkpoint, load_training_state, save_training_state
 
 # settings a resumed run may change: budgets, schedules of side work, and where it runs
-RESUMABLE_KEYS = ("world_size", "train.steps", "train.time_limit", "train.ckpt_every", "train.eval_every", "train.eval_first",
-                  "train.log_every", "train.num_workers", "train.resume", "train.cooldown", "eval.")
+RESUMABLE_KEYS = ("world_size", "train.steps", "train.time_limit", "train.ckpt_every", "train.eval_every",
+                  "train.eval_first", "train.log_every", "train.num_workers", "train.resume", "train.cooldown", "eval.",
+                  "parallel.")
 
 
 @dataclass(frozen=True)
@@ -82,12 +87,14 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training: a checkpoint was saved; rerunning the command resumes."""
 
 
-def make_ema(model: torch.nn.Module, cfg: TrainConfig):
+def make_ema(model: torch.nn.Module, cfg: TrainConfig, copy=None):
+    """The run's EMA of ``model``; ``copy`` makes the averaged copy (``Placement.replica`` for sharded nets)."""
     from .ema import EMA
 
+    kw = {} if copy is None else {"copy": copy}
     if cfg.ema_decay > 0:
-        return EMA(model, decay=cfg.ema_decay)
-    return EMA(model, decay=None, sigma_rel=cfg.ema_sigma_rel)
+        return EMA(model, decay=cfg.ema_decay, **kw)
+    return EMA(model, decay=None, sigma_rel=cfg.ema_sigma_rel, **kw)
 
 
 def lr_lambda(cfg: TrainConfig, warm_from: int = 0) -> Callable[[int], float]:
@@ -104,7 +111,9 @@ class Stepper:
     """AdamW over ``params`` with the warm-up / cool-down schedule of ``lr_lambda`` and gradient clipping
     (fixed, relative to the recent median norm, or none); after a weights-only resume (fresh moments) it
     warms up again. ``step(loss, i)`` does backward, clipping and the update; the norm it reports is the
-    one before clipping."""
+    one before clipping. Gradient accumulation: ``backward(loss, 1 / n)`` per micro-batch, then
+    ``step(None, i)``. Sharded parameters: the norm is the global one (every rank clips alike), and a
+    non-finite loss on any rank makes every rank skip the step."""
 
     def __init__(self, params, cfg: TrainConfig, lr: float | None = None, betas=None):
         self.params = [p for p in params if p.requires_grad]
@@ -120,15 +129,21 @@ class Stepper:
             limits.append(self.cfg.clip_relative * sorted(self.norms)[len(self.norms) // 2])
         return min(limits) if limits else float("inf")
 
+    def backward(self, loss: torch.Tensor, scale: float = 1.0) -> None:
+        """(scale · loss).backward(), unless the loss is non-finite on some rank: then drop the gradients."""
+        if not D.all_finite(loss):
+            self.opt.zero_grad(set_to_none=True)
+            raise NonFiniteLoss("the loss is not finite on another process" if bool(torch.isfinite(loss))
+                                else f"loss is {loss.item()}")
+        (loss * scale if scale != 1.0 else loss).backward()
+
     def step(self, loss: torch.Tensor | None, i: int) -> dict:
         """backward (unless ``loss`` is None: gradients are already accumulated), clip, update."""
         if loss is not None:
-            if not torch.isfinite(loss):
-                self.opt.zero_grad(set_to_none=True)
-                raise NonFiniteLoss(f"loss is {loss.item()}")
-            loss.backward()
+            self.backward(loss)
         limit = self.threshold()
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, limit))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, limit)
+        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         if not math.isfinite(norm):
             self.opt.zero_grad(set_to_none=True)
             raise NonFiniteLoss(f"gradient norm is {norm}")
@@ -173,7 +188,7 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
         run_dir.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(run_dir / "metrics.jsonl")
     start, extra, elapsed = 0, {"config": config or {}}, 0.0
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = D.broadcast_object(latest_checkpoint(run_dir) if is_main else None)
     if ckpt is not None:
         saved = checkpoint_meta(ckpt)["extra"].get("config") or {}
         changes = config_changes(saved, config or {}) if config is not None and saved else []
@@ -199,9 +214,8 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
 
     def save(done: int) -> None:
         extra["elapsed"] = time.time() - t0
-        if is_main:
-            path = save_training_state(run_dir, done, state, optimizers, extra)
-            summary["checkpoint"] = str(path)
+        path = save_training_state(run_dir, done, state, optimizers, extra, is_main=is_main)
+        summary["checkpoint"] = str(path)
 
     def run_eval(done: int) -> None:
         scores = evaluate(done)
@@ -242,7 +256,7 @@ def run_loop(cfg: TrainConfig, run_dir: str | Path, step_fn: Callable[[int], dic
                 bar.set_postfix({k: f"{v:.4g}" for k, v in rec.items() if k in ("loss", "grad_norm")}, refresh=False)
                 summary["final_loss"] = rec.get("loss")
                 sums, count = {}, 0
-            out_of_time = cfg.time_limit > 0 and time.time() - t0 > cfg.time_limit
+            out_of_time = cfg.time_limit > 0 and D.any_rank(time.time() - t0 > cfg.time_limit)
             if done % cfg.ckpt_every == 0 or done == cfg.steps or out_of_time:
                 save(done)
             summary["steps_done"] = done

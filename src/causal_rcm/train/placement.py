@@ -1,0 +1,174 @@
+"""Where a training stage's networks live: in one process as they always did, or as FSDP2 shards over the
+process group (``parallel.fsdp``: auto = whenever torchrun starts more than one process).
+
+``Placement`` is the one value a stage asks for its networks, so every stage places them alike:
+
+- ``load_bundle``: a bundle's network, trained or frozen. Sharded, it is built on the meta device,
+  parallelised (``parallelize.py``), materialised empty and filled shard by shard from the file
+  (``models/loading.load_into``); rank 0 checks the file's checksum in one streaming pass. One process:
+  ``Bundle.load`` as before, then checkpointing / compile.
+- ``prepare``: a network the stage built itself (the teacher from scratch).
+- ``replica``: the EMA copy of a network, placed like it (sharded alike, frozen), holding its values.
+- ``save_bundle``: the release artefact, gathered to rank 0 only (full state dict, CPU) and written there.
+
+Frozen teachers, the critic and every EMA are sharded like the trained network; text encoders the stage
+does not train stay whole on every rank (they are small).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
+
+from ..config import WanConfig
+from ..io import BundleError, bundle_header, check_bundle_tensors, save_bundle
+from ..models.loading import load_into
+from ..models.wan import WanDiT
+from . import distributed as D
+from .parallelize import ParallelConfig, is_sharded, parallelize
+
+
+class LazyTensors(Mapping):
+    """The tensors of a safetensors file as a mapping that reads one tensor per lookup."""
+
+    def __init__(self, handle):
+        self.h = handle
+
+    def __getitem__(self, key):
+        return self.h.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.h.keys())
+
+    def __len__(self):
+        return len(self.h.keys())
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _rebuild(m: nn.Module) -> nn.Module:
+    """A fresh module of the same architecture (on the current default device; meta under ``torch.device``)."""
+    if isinstance(m, nn.ModuleDict):
+        return nn.ModuleDict({k: _rebuild(v) for k, v in m.items()})
+    if hasattr(m, "cfg"):  # WanDiT, WorldTextEncoder: the config builds the module
+        return type(m)(m.cfg)
+    raise TypeError(f"cannot rebuild a {type(m).__name__}: it has no cfg")
+
+
+class Placement:
+    def __init__(self, cfg: ParallelConfig, device: torch.device):
+        self.cfg, self.device = cfg, torch.device(device)
+        world = D.world_size()
+        if cfg.fsdp == "off" and world > 1:
+            raise ValueError(f"parallel.fsdp=off runs in one process, but {world} were started; "
+                             "use parallel.fsdp=auto under torchrun")
+        self.sharded = cfg.fsdp == "on" or (cfg.fsdp == "auto" and world > 1)
+        self.mesh = None
+        if self.sharded:
+            D.ensure_group(self.device)
+            self.mesh = init_device_mesh(self.device.type, (D.world_size(),))
+
+    def micro_batches(self, ids: range) -> list[range]:
+        return D.micro_batches(ids, self.cfg.grad_accum)
+
+    # ----- networks ---------------------------------------------------------------------------------
+    def prepare(self, module: nn.Module, trainable: bool) -> nn.Module:
+        """A materialised module placed: on the device, checkpointed / compiled / sharded."""
+        module.to(self.device).train(trainable).requires_grad_(trainable)
+        return parallelize(module, self.cfg, self.device, self.mesh, trainable)
+
+    def load_bundle(self, path: str, what: str, trainable: bool = False,
+                    net_config: Callable[[WanConfig], WanConfig] | None = None):
+        """The bundle at ``path`` (the config key ``what=`` names it) with its network placed.
+        ``net_config`` changes the network's config (MeanFlow: dual_time); the weights the bundle lacks
+        keep the model's initialisation (its zero last layers)."""
+        from ..stream.bundle import Bundle, net_config as bundle_net_config
+
+        if not path:
+            raise ValueError(f"this stage needs {what}= (a bundle path)")
+        if not self.sharded:
+            b = Bundle.load(path, device=self.device, trainable=trainable)
+            if net_config is not None and net_config(b.net.cfg) != b.net.cfg:
+                net = WanDiT(net_config(b.net.cfg)).to(self.device)
+                bad = net.load_state_dict(b.net.state_dict(), strict=False).unexpected_keys
+                if bad:
+                    raise ValueError(f"{path}: the changed network has no place for {bad[:5]}")
+                b.net = net.train(trainable).requires_grad_(trainable)
+            b.net = parallelize(b.net, self.cfg, self.device, None, trainable)
+            return b
+        config, meta = bundle_header(path)
+        from safetensors import safe_open
+
+        if D.is_main():  # one streaming pass over the file; the verdict goes to every rank
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    check_bundle_tensors(path, LazyTensors(f), meta)
+                verdict = None
+            except BundleError as e:
+                verdict = str(e)
+        verdict = D.broadcast_object(verdict if D.is_main() else None)
+        if verdict is not None:
+            raise BundleError(verdict)
+        try:
+            cfg = bundle_net_config(config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: bundle config has no usable 'model' ({e})") from None
+        new_cfg = net_config(cfg) if net_config is not None else cfg
+        with torch.device("meta"):
+            net = WanDiT(new_cfg)
+            added = tuple(sorted(set(net.state_dict()) - set(WanDiT(cfg).state_dict())))
+        net.train(trainable).requires_grad_(trainable)
+        parallelize(net, self.cfg, self.device, self.mesh, trainable)
+        net.to_empty(device=self.device)
+        if added:
+            net.init_weights()  # on the shards: only the weights the bundle lacks keep these values
+        load_into(net, [path], prefix="net.", allow_missing=added)
+        with safe_open(str(path), framework="pt") as f:
+            te = {k[len("text_encoder."):]: f.get_tensor(k) for k in f.keys() if k.startswith("text_encoder.")}
+        b = Bundle.from_config(path, config, {"text_encoder": te}, net=net)
+        b.text_encoder.to(self.device).eval().requires_grad_(False)
+        return b
+
+    @torch.no_grad()
+    def replica(self, module: nn.Module) -> nn.Module:
+        """A frozen copy of ``module`` placed like it (the EMA): rebuilt on the meta device, sharded alike,
+        then each rank copies its own shards; no full copy is made."""
+        with torch.device("meta"):
+            copy = _rebuild(module)
+        copy.eval().requires_grad_(False)
+        parallelize(copy, self.cfg, self.device, self.mesh if is_sharded(module) else None, compile=False)
+        copy.to_empty(device=self.device)
+        src = module.state_dict(keep_vars=True)
+        for k, v in copy.state_dict(keep_vars=True).items():
+            local(v).copy_(local(src[k]))
+        return copy
+
+    # ----- outputs ----------------------------------------------------------------------------------
+    def full_state_dict(self, module: nn.Module) -> dict:
+        """The whole state dict on rank 0, on the CPU ({} on the other ranks); every rank must call it."""
+        if not is_sharded(module):
+            return {k: v.detach().cpu() for k, v in module.state_dict().items()} if D.is_main() else {}
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def save_bundle(self, bundle, path: str | Path, **extra) -> Path:
+        """Write ``bundle`` (its network possibly sharded) as a bundle file from rank 0; a collective."""
+        tensors = {"net": self.full_state_dict(bundle.net), "text_encoder": self.full_state_dict(bundle.text_encoder)}
+        if D.is_main():
+            save_bundle(path, tensors, {**bundle.config(), **extra})
+        D.barrier()
+        return Path(path)
+
+
+def dual_time(cfg: WanConfig) -> WanConfig:
+    """MeanFlow's student: the network with a second time input r (METHOD.md §4)."""
+    return dataclasses.replace(cfg, dual_time=True)
