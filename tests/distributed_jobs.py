@@ -20,6 +20,7 @@ def units(assets: Path, out: Path) -> None:
     """FSDP2 against the whole network on every rank: forward, forward_jvp, gradients (plain and checkpointed),
     sharded loading; rank 0 writes the largest differences to OUT/units.json."""
     import torch
+    from torch.distributed.tensor import DTensor
 
     from causal_rcm.masks import ChunkPattern, teacher_forcing
     from causal_rcm.stream.bundle import Bundle
@@ -27,18 +28,30 @@ def units(assets: Path, out: Path) -> None:
     from causal_rcm.train.parallelize import ParallelConfig
     from causal_rcm.train.placement import Placement
 
+    from safetensors.torch import save_file
+
     D.init_from_env(torch.device("cpu"))
     path = assets / "causal.safetensors"
     whole = Bundle.load(path, trainable=True).net
+    if D.is_main():  # the same weights as an official-layout checkpoint in two shard files
+        sd = {k: v.contiguous() for k, v in whole.state_dict().items()}
+        keys = sorted(sd)
+        (out / "wan").mkdir()
+        for i, part in enumerate((keys[::2], keys[1::2])):
+            save_file({k: sd[k] for k in part}, str(out / "wan" / f"diffusion_pytorch_model-0000{i + 1}-of-00002.safetensors"))
+        (out / "wan" / "config.json").write_text(json.dumps({"num_attention_heads": whole.cfg.num_heads}))
+    D.barrier()
     report = {}
     for ac in ("none", "full", "selective"):
         place = Placement(ParallelConfig(ac=ac), torch.device("cpu"))
         net = place.load_bundle(str(path), "init", trainable=True).net
-        if ac == "none":  # sharded loading: every tensor equals the file's
+        if ac == "none":  # sharded loading: every tensor equals the file's (a bundle; Wan files in two shards)
             full = place.full_state_dict(net)
             ref = whole.state_dict()
+            wan = place.full_state_dict(place.load_wan(out / "wan"))
             if D.is_main():
                 report["load"] = max((full[k] - ref[k]).abs().max().item() for k in ref)
+                report["load_wan"] = max((wan[k] - ref[k]).abs().max().item() for k in ref)
         g = torch.Generator().manual_seed(D.rank())  # different data per rank: gradients are averaged
         x = torch.randn(2, 3, 10, 16, 16, generator=g)
         t = torch.rand(2, 10, generator=g)
@@ -59,6 +72,10 @@ def units(assets: Path, out: Path) -> None:
                                    for k in grads)
         report[f"loss_{ac}"] = abs(loss.item() - ref_loss.item())
         if ac == "none":
+            with torch.no_grad(), place.gathered(net):  # blocks stay gathered across calls, then reshard
+                net(xs, ts, ctx, mask=mask)
+                report["gathered"] = not any(isinstance(p, DTensor) for p in net.blocks.parameters())
+            report["resharded"] = all(isinstance(p, DTensor) for p in net.parameters())
             x_dot = torch.randn(2, 3, 5, 16, 16, generator=g)
             with torch.no_grad():
                 v, v_dot = net.forward_jvp(xs, ts, ctx, x_dot, torch.ones(2, 5), mask=mask,

@@ -94,6 +94,8 @@ def test_accumulation_clipping_and_evaluation_agree(single, sharded):
 def test_sharded_network_equals_the_whole_one(sharded):
     units = json.loads((sharded / "units.json").read_text())
     assert units["load"] == 0.0 and units["jvp"] == 0.0  # loaded shard by shard; forward_jvp through FSDP2
+    assert units["load_wan"] == 0.0  # a Wan checkpoint of two shard files, config from its headers
+    assert units["gathered"] and units["resharded"]  # Placement.gathered: a rollout's blocks stay gathered
     for ac in ("none", "full", "selective"):
         assert units[f"loss_{ac}"] == 0.0 and units[f"grad_{ac}"] < 1e-5, (ac, units)
 
@@ -116,24 +118,35 @@ def test_one_process_checkpoint_resumes_on_two(single, sharded):
     assert bundle_gap(sharded / "resumed_sf_dmd" / "model.safetensors", single / "sf_dmd" / "model.safetensors") < 1e-4
 
 
-@pytest.mark.parametrize("ac", ["full", "selective"])
-def test_activation_checkpointing_gives_identical_gradients(ac):
+def test_activation_checkpointing_gives_identical_gradients_and_recomputes_what_it_says():
+    """Gradients equal without checkpointing; the backward recomputes every block matmul (full) or only the
+    feed-forward's up-projection (selective)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from causal_rcm.masks import ChunkPattern, teacher_forcing
     from causal_rcm.models import WanDiT
     from causal_rcm.train.parallelize import apply_ac
 
-    def grads(net):
-        torch.manual_seed(1)
-        x, t, ctx = torch.randn(2, 4, 6, 4, 4), torch.rand(2, 6), torch.randn(2, 3, TINY.text_dim)
-        net(x.double(), t.double(), ctx.double(), mask=teacher_forcing(ChunkPattern.parse("c1-2"))).square().sum().backward()
-        return [p.grad for p in net.parameters()]
-
     torch.manual_seed(0)
     plain = randomize_(WanDiT(TINY)).double()
-    checkpointed = WanDiT(TINY).double()
-    checkpointed.load_state_dict(plain.state_dict())
-    apply_ac(checkpointed, ac)
-    assert all(torch.equal(a, b) for a, b in zip(grads(plain), grads(checkpointed)))
+    B, L = 2, 6 * 4  # 6 frames (the TF layout of 3) of 2 × 2 tokens
+    x, t, ctx = torch.randn(B, 4, 6, 4, 4).double(), torch.rand(B, 6).double(), torch.randn(B, 3, TINY.text_dim).double()
+    mask = teacher_forcing(ChunkPattern.parse("c1-2"))
+    results = {}
+    for ac in ("none", "full", "selective"):
+        net = WanDiT(TINY).double()
+        net.load_state_dict(plain.state_dict())
+        apply_ac(net, ac)
+        loss = net(x, t, ctx, mask=mask).square().sum()
+        with FlopCounterMode(display=False) as m:
+            loss.backward()
+        results[ac] = ([p.grad for p in net.parameters()], m.get_total_flops())
+    d, f = TINY.dim, TINY.ffn_dim
+    block = 2 * B * L * (4 * d * d + 2 * d * d + 2 * d * f)
+    for ac in ("full", "selective"):
+        assert all(torch.equal(a, b) for a, b in zip(results["none"][0], results[ac][0])), ac
+    assert results["full"][1] - results["none"][1] == TINY.num_layers * block
+    assert results["selective"][1] - results["none"][1] == TINY.num_layers * 2 * B * L * d * f
 
 
 def test_bad_parallel_settings_are_refused():

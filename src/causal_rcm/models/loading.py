@@ -165,6 +165,26 @@ def load_wan(cls, source, num_heads: int | None = None, **overrides):
     return model
 
 
+def wan_files_config(source: str | Path, num_heads: int | None = None) -> tuple[WanConfig, list[Path]]:
+    """(config, files) of official or diffusers Wan2.1 safetensors (one file, or a folder of shards such as
+    ``diffusion_pytorch_model-0000N-of-0000M.safetensors``), read from the headers alone: no tensor is
+    loaded, so a 14B checkpoint can then go straight into shards (``load_into``)."""
+    from safetensors import safe_open
+
+    source = Path(source)
+    files = sorted(source.glob("*.safetensors")) if source.is_dir() else [source]
+    if not files or not all(f.is_file() and f.suffix == ".safetensors" for f in files):
+        raise FileNotFoundError(f"no .safetensors checkpoint at {source}")
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                shapes[k] = torch.empty(h.get_slice(k).get_shape(), device="meta")
+    config = _read_config(source / "config.json") if source.is_dir() else (
+        _read_config(source.with_suffix(".json")) or _read_config(source.parent / "config.json"))
+    return infer_config(to_wan_names(shapes), num_heads or _heads_from_config(config)), files
+
+
 def load_into(model: torch.nn.Module, files, prefix: str = "", rename=None, allow_missing: tuple[str, ...] = ()
               ) -> list[str]:
     """Fill ``model``'s (possibly FSDP-sharded, possibly just materialised from the meta device) parameters

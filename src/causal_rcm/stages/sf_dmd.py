@@ -136,10 +136,11 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     critic_opt = Stepper(critic.parameters(), tc, lr=cfg.lr_critic)
     shape = src.latent_shape
     prompts_all = w.prompts() or ("",)
-    micro = place.micro_batches(local_ids(tc.batch, D.rank(), D.world_size()))
+    ids = local_ids(tc.batch, D.rank(), D.world_size())
+    micro = place.micro_batches(ids)
     n_acc = len(micro)  # each micro-batch's loss is its mean: 1/n of it makes the rank's mean gradient
     n_actions = gen_net.cfg.action_dim
-    joint = _joint_setup(cfg, src, pattern, dev, place) if cfg.joint else None
+    joint = _joint_setup(cfg, src, pattern, dev, ids, place) if cfg.joint else None
     resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
 
@@ -189,7 +190,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         for k in range(cfg.critic_ratio):
             for ids in micro:
                 ctx, _, noise, actions, prefill, t_D, eps = draw(step, CRITIC, k, ids)
-                with torch.no_grad(), autocast_for(dev, tc.precision):
+                with torch.no_grad(), autocast_for(dev, tc.precision), place.gathered(gen_net):
                     G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
                                 actions=actions, prefill=prefill).video
                 with autocast_for(dev, tc.precision):
@@ -202,7 +203,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         for ids in micro:
             ctx, ctx_u, noise, actions, prefill, t_D, eps = draw(step, GENERATOR, 0, ids)
             with autocast_for(dev, tc.precision):
-                with torch.set_grad_enabled(not cfg.replay):
+                with torch.set_grad_enabled(not cfg.replay), place.gathered(gen_net, enabled=cfg.replay):
                     ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions,
                                  prefill=prefill)
                 target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
@@ -242,16 +243,16 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     return place.save_bundle(ema_bundle(), run_dir / "model.safetensors", method="sf_dmd", w_real=w_real)
 
 
-def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, place: Placement):
+def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, ids, place: Placement | None = None):
     """Joint mode's regulariser: the TF-sCM recipe (this run's objective, the generator's pattern) on a
-    synthetic batch; a closure ``loss_at(net, step)``."""
+    synthetic batch of samples ``ids`` (or a micro-batch of them); a closure ``loss_at(net, step[, ids])``."""
     if not cfg.data or not cfg.tf_teacher:
         raise ValueError("joint mode needs data= (a synthetic dataset) and tf_teacher= (the causal teacher)")
     data = TFData(cfg.data, src, False, cfg.train.seed, dev)
-    tf_teacher = place.load_bundle(cfg.tf_teacher, "tf_teacher").net
+    tf_teacher = (place or Placement(cfg.parallel, dev)).load_bundle(cfg.tf_teacher, "tf_teacher").net
     recipe = METHODS["tf_scm"]
 
-    def loss_at(net, step, ids):
+    def loss_at(net, step, ids=ids):
         b, rng = data.batch(step, ids, tag=JOINT)
         v_fn, jvp_fn = obj.net_fns(net)
         return recipe.loss(Nets(v_fn, jvp_fn, obj.net_fns(tf_teacher)[0]), b, rng, cfg.objective, pattern,

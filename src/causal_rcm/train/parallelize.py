@@ -68,33 +68,40 @@ class ParallelConfig:
 
 
 # ----- activation checkpointing ---------------------------------------------------------------------------
-def _saved_ops() -> set:
-    """Ops whose outputs selective checkpointing keeps: matmuls and attention (the FLOPs); norms, RoPE,
-    modulation and other elementwise work are recomputed (cheap, and fused when the block is compiled)."""
+def _ops() -> tuple[set, set]:
+    """(matmuls, attention kernels): the ops whose outputs selective checkpointing may keep."""
     aten = torch.ops.aten
-    ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default, aten.linear.default}
+    matmuls = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
+    attention = set()
     for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu"):
         if hasattr(aten, name):
-            ops.add(getattr(aten, name).default)
+            attention.add(getattr(aten, name).default)
     if hasattr(torch.ops.higher_order, "flex_attention"):
-        ops.add(torch.ops.higher_order.flex_attention)
-    return ops
+        attention.add(torch.ops.higher_order.flex_attention)
+    return matmuls, attention
 
 
-def _policy(saved):
+def _policy(width: int):
+    """Keep attention outputs and the matmul outputs at most ``width`` (the model width) wide; recompute
+    the feed-forward's up-projection (its ffn_dim-wide output is the block's largest activation, and only a
+    sixth of the block's matmul FLOPs), norms, RoPE, modulation and other elementwise work (cheap, and fused
+    when the block is compiled)."""
+    matmuls, attention = _ops()
+
     def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+        if op in attention or (op in matmuls and args[-1].shape[-1] <= width):
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
     return policy
 
 
-def _checkpointed(forward, mode: str):
-    """``forward`` recomputed in backward (non-reentrant checkpointing); ``selective`` keeps matmul and
-    attention outputs. Without gradients (rollouts, frozen nets) it runs as is."""
+def _checkpointed(forward, mode: str, width: int):
+    """``forward`` recomputed in backward (non-reentrant checkpointing), all of it (``full``) or all but
+    the outputs ``_policy`` keeps (``selective``). Without gradients (rollouts, frozen nets) it runs as is."""
     context_fn = None
     if mode == "selective":
-        policy = _policy(_saved_ops())
-        context_fn = functools.partial(create_selective_checkpoint_contexts, policy)
+        context_fn = functools.partial(create_selective_checkpoint_contexts, _policy(width))
 
     @functools.wraps(forward)
     def run(*args, **kwargs):
@@ -107,11 +114,12 @@ def _checkpointed(forward, mode: str):
 
 
 def apply_ac(model: WanDiT, mode: str) -> None:
-    """Checkpoint every block's forward (``full``) or all but its matmuls and attention (``selective``)."""
+    """Checkpoint every block's forward: ``full`` keeps the block's inputs only, ``selective`` also its
+    attention and model-width matmul outputs (``_policy``)."""
     if mode == "none":
         return
     for blk in model.blocks:
-        blk.forward = _checkpointed(blk.forward, mode)
+        blk.forward = _checkpointed(blk.forward, mode, model.cfg.dim)
 
 
 def apply_compile(model: WanDiT) -> None:

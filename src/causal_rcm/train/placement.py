@@ -7,8 +7,11 @@ process group (``parallel.fsdp``: auto = whenever torchrun starts more than one 
   parallelised (``parallelize.py``), materialised empty and filled shard by shard from the file
   (``models/loading.load_into``); rank 0 checks the file's checksum in one streaming pass. One process:
   ``Bundle.load`` as before, then checkpointing / compile.
-- ``prepare``: a network the stage built itself (the teacher from scratch).
+- ``load_wan``: an official / diffusers Wan2.1 checkpoint (a folder of shards), into shards the same way.
+- ``prepare``: a network the stage built itself (the teacher from scratch); ``build``: a fresh random one
+  straight into shards (the benchmarks at Wan scale).
 - ``replica``: the EMA copy of a network, placed like it (sharded alike, frozen), holding its values.
+- ``gathered``: a network's blocks kept gathered through a rollout's many small no-grad calls.
 - ``save_bundle``: the release artefact, gathered to rank 0 only (full state dict, CPU) and written there.
 
 Frozen teachers, the critic and every EMA are sharded like the trained network; text encoders the stage
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -25,11 +29,12 @@ import torch
 import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from ..config import WanConfig
 from ..io import BundleError, bundle_header, check_bundle_tensors, save_bundle
-from ..models.loading import load_into
+from ..models.loading import load_into, to_wan_names, wan_files_config
 from ..models.wan import WanDiT
 from . import distributed as D
 from .parallelize import ParallelConfig, is_sharded, parallelize
@@ -87,6 +92,18 @@ class Placement:
         module.to(self.device).train(trainable).requires_grad_(trainable)
         return parallelize(module, self.cfg, self.device, self.mesh, trainable)
 
+    def build(self, cfg: WanConfig, trainable: bool = False, seed: int = 0) -> WanDiT:
+        """A fresh DiT with Wan's random initialisation (drawn on the shards), placed: the benchmarks'
+        networks at any size, built without a full copy anywhere."""
+        with torch.device("meta"):
+            net = WanDiT(cfg)
+        net.train(trainable).requires_grad_(trainable)
+        parallelize(net, self.cfg, self.device, self.mesh, trainable)
+        net.to_empty(device=self.device)
+        torch.manual_seed(seed)
+        net.init_weights()
+        return net
+
     def load_bundle(self, path: str, what: str, trainable: bool = False,
                     net_config: Callable[[WanConfig], WanConfig] | None = None):
         """The bundle at ``path`` (the config key ``what=`` names it) with its network placed.
@@ -138,6 +155,35 @@ class Placement:
         b = Bundle.from_config(path, config, {"text_encoder": te}, net=net)
         b.text_encoder.to(self.device).eval().requires_grad_(False)
         return b
+
+    def load_wan(self, source: str | Path, trainable: bool = False, num_heads: int | None = None) -> WanDiT:
+        """A Wan2.1 DiT from official or diffusers safetensors (a file or a folder of shards) placed, each
+        rank reading only its shards: the config comes from the headers, the weights tensor by tensor."""
+        cfg, files = wan_files_config(source, num_heads)
+        with torch.device("meta"):
+            net = WanDiT(cfg)
+        net.train(trainable).requires_grad_(trainable)
+        parallelize(net, self.cfg, self.device, self.mesh, trainable)
+        net.to_empty(device=self.device)
+        load_into(net, files, rename=to_wan_names)
+        return net
+
+    @contextmanager
+    def gathered(self, net: nn.Module, enabled: bool = True):
+        """``net``'s blocks gathered once for a stretch of forwards without gradients: a rollout calls the
+        generator tens of times on a few frames each, so one all-gather per block replaces one per call
+        (at 14B on 64 GPUs the difference between being bound by compute and by InfiniBand). Costs one bf16
+        copy of the blocks while it lasts; the root unit (embeddings, head) is still gathered per call."""
+        units = [m for m in net.modules() if isinstance(m, FSDPModule) and m is not net] if enabled else []
+        for m in units:
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+        try:
+            yield net
+        finally:
+            for m in units:
+                m.set_reshard_after_forward(True, recurse=False)
+                m.reshard()
 
     @torch.no_grad()
     def replica(self, module: nn.Module) -> nn.Module:
