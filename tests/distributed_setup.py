@@ -3,6 +3,7 @@ the tiny bundles and dataset, and the cut-down stage configs (3 steps, a log rec
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,15 +69,21 @@ def train(stage: str, cfg, out: Path) -> Path:
     return train_tf(cfg, out, device="cpu")
 
 
-def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node nproc ARGS`` on the CPU (gloo), the source tree on the path."""
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> str:
+    """``torchrun --nproc-per-node nproc ARGS`` on the CPU (gloo), the source tree on the path; its output.
+    It runs in its own process group, so a hang or a timeout takes its workers down with it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           *args]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if out.returncode != 0:
-        raise AssertionError(f"torchrun {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
-                             f"{out.stderr[-6000:]}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"torchrun {' '.join(args)} ran past {timeout} s:\n{out[-6000:]}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun {' '.join(args)} failed ({proc.returncode}):\n{out[-8000:]}")
     return out

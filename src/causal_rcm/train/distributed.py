@@ -103,6 +103,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded, DTensor) tensor; a plain tensor is all of itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    """Whether the module's parameters are sharded over the processes (FSDP2 makes them DTensors)."""
+    return any(hasattr(p, "to_local") for p in module.parameters())
+
+
 def micro_batches(ids: range, accum: int) -> list[range]:
     """A rank's share of the global batch in ``accum`` equal micro-batches (gradient accumulation)."""
     if accum < 1 or len(ids) % accum:

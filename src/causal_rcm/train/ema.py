@@ -15,9 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
+from .distributed import local as _local
 
 
 def power_ema_gamma(sigma_rel: float) -> float:

@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..models.wan import WanDiT
-from . import distributed as D
 
 AC_MODES = ("none", "full", "selective")
 FSDP_MODES = ("auto", "on", "off")
@@ -150,10 +149,6 @@ def apply_fsdp(model: nn.Module, mesh, cfg: ParallelConfig, device: torch.device
     if isinstance(model, WanDiT):
         for name in ROOT_METHODS:
             register_fsdp_forward_method(model, name)
-
-
-def is_sharded(module: nn.Module) -> bool:
-    return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, device: torch.device, mesh=None, trainable: bool = False,

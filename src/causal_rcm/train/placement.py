@@ -30,14 +30,13 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule
-from torch.distributed.tensor import DTensor
 
 from ..config import WanConfig
 from ..io import BundleError, bundle_header, check_bundle_tensors, save_bundle
 from ..models.loading import load_into, to_wan_names, wan_files_config
 from ..models.wan import WanDiT
 from . import distributed as D
-from .parallelize import ParallelConfig, is_sharded, parallelize
+from .parallelize import ParallelConfig, parallelize
 
 
 class LazyTensors(Mapping):
@@ -54,11 +53,6 @@ class LazyTensors(Mapping):
 
     def __len__(self):
         return len(self.h.keys())
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a (possibly sharded) tensor."""
-    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def _rebuild(m: nn.Module) -> nn.Module:
@@ -92,16 +86,29 @@ class Placement:
         module.to(self.device).train(trainable).requires_grad_(trainable)
         return parallelize(module, self.cfg, self.device, self.mesh, trainable)
 
-    def build(self, cfg: WanConfig, trainable: bool = False, seed: int = 0) -> WanDiT:
-        """A fresh DiT with Wan's random initialisation (drawn on the shards), placed: the benchmarks'
-        networks at any size, built without a full copy anywhere."""
+    def _empty(self, cfg: WanConfig, trainable: bool) -> WanDiT:
+        """A DiT built on the meta device, parallelised, then materialised uninitialised on this device:
+        each rank allocates its shards only."""
         with torch.device("meta"):
             net = WanDiT(cfg)
         net.train(trainable).requires_grad_(trainable)
         parallelize(net, self.cfg, self.device, self.mesh, trainable)
-        net.to_empty(device=self.device)
+        return net.to_empty(device=self.device)
+
+    def build(self, cfg: WanConfig, trainable: bool = False, seed: int = 0) -> WanDiT:
+        """A fresh DiT with Wan's random initialisation (drawn on the shards), placed: the benchmarks'
+        networks at any size, built without a full copy anywhere."""
+        net = self._empty(cfg, trainable)
         torch.manual_seed(seed)
         net.init_weights()
+        return net
+
+    def load_wan(self, source: str | Path, trainable: bool = False, num_heads: int | None = None) -> WanDiT:
+        """A Wan2.1 DiT from official or diffusers safetensors (a file or a folder of shards) placed, each
+        rank reading only its shards: the config comes from the headers, the weights tensor by tensor."""
+        cfg, files = wan_files_config(source, num_heads)
+        net = self._empty(cfg, trainable)
+        load_into(net, files, rename=to_wan_names)
         return net
 
     def load_bundle(self, path: str, what: str, trainable: bool = False,
@@ -109,31 +116,36 @@ class Placement:
         """The bundle at ``path`` (the config key ``what=`` names it) with its network placed.
         ``net_config`` changes the network's config (MeanFlow: dual_time); the weights the bundle lacks
         keep the model's initialisation (its zero last layers)."""
-        from ..stream.bundle import Bundle, net_config as bundle_net_config
-
         if not path:
             raise ValueError(f"this stage needs {what}= (a bundle path)")
-        if not self.sharded:
-            b = Bundle.load(path, device=self.device, trainable=trainable)
-            if net_config is not None and net_config(b.net.cfg) != b.net.cfg:
-                net = WanDiT(net_config(b.net.cfg)).to(self.device)
-                bad = net.load_state_dict(b.net.state_dict(), strict=False).unexpected_keys
-                if bad:
-                    raise ValueError(f"{path}: the changed network has no place for {bad[:5]}")
-                b.net = net.train(trainable).requires_grad_(trainable)
-            b.net = parallelize(b.net, self.cfg, self.device, None, trainable)
-            return b
-        config, meta = bundle_header(path)
+        if self.sharded:
+            return self._load_bundle_sharded(path, trainable, net_config)
+        from ..stream.bundle import Bundle
+
+        b = Bundle.load(path, device=self.device, trainable=trainable)
+        if net_config is not None and net_config(b.net.cfg) != b.net.cfg:
+            net = WanDiT(net_config(b.net.cfg)).to(self.device)
+            bad = net.load_state_dict(b.net.state_dict(), strict=False).unexpected_keys
+            if bad:
+                raise ValueError(f"{path}: the changed network has no place for {bad[:5]}")
+            b.net = net.train(trainable).requires_grad_(trainable)
+        b.net = parallelize(b.net, self.cfg, self.device, None, trainable)
+        return b
+
+    def _load_bundle_sharded(self, path: str, trainable: bool, net_config):
         from safetensors import safe_open
 
+        from ..stream.bundle import Bundle, net_config as bundle_net_config
+
+        config, meta = bundle_header(path)
+        verdict = None
         if D.is_main():  # one streaming pass over the file; the verdict goes to every rank
             try:
                 with safe_open(str(path), framework="pt") as f:
                     check_bundle_tensors(path, LazyTensors(f), meta)
-                verdict = None
             except BundleError as e:
                 verdict = str(e)
-        verdict = D.broadcast_object(verdict if D.is_main() else None)
+        verdict = D.broadcast_object(verdict)
         if verdict is not None:
             raise BundleError(verdict)
         try:
@@ -142,11 +154,8 @@ class Placement:
             raise BundleError(f"{path}: bundle config has no usable 'model' ({e})") from None
         new_cfg = net_config(cfg) if net_config is not None else cfg
         with torch.device("meta"):
-            net = WanDiT(new_cfg)
-            added = tuple(sorted(set(net.state_dict()) - set(WanDiT(cfg).state_dict())))
-        net.train(trainable).requires_grad_(trainable)
-        parallelize(net, self.cfg, self.device, self.mesh, trainable)
-        net.to_empty(device=self.device)
+            added = tuple(sorted(set(WanDiT(new_cfg).state_dict()) - set(WanDiT(cfg).state_dict())))
+        net = self._empty(new_cfg, trainable)
         if added:
             net.init_weights()  # on the shards: only the weights the bundle lacks keep these values
         load_into(net, [path], prefix="net.", allow_missing=added)
@@ -155,18 +164,6 @@ class Placement:
         b = Bundle.from_config(path, config, {"text_encoder": te}, net=net)
         b.text_encoder.to(self.device).eval().requires_grad_(False)
         return b
-
-    def load_wan(self, source: str | Path, trainable: bool = False, num_heads: int | None = None) -> WanDiT:
-        """A Wan2.1 DiT from official or diffusers safetensors (a file or a folder of shards) placed, each
-        rank reading only its shards: the config comes from the headers, the weights tensor by tensor."""
-        cfg, files = wan_files_config(source, num_heads)
-        with torch.device("meta"):
-            net = WanDiT(cfg)
-        net.train(trainable).requires_grad_(trainable)
-        parallelize(net, self.cfg, self.device, self.mesh, trainable)
-        net.to_empty(device=self.device)
-        load_into(net, files, rename=to_wan_names)
-        return net
 
     @contextmanager
     def gathered(self, net: nn.Module, enabled: bool = True):
@@ -192,17 +189,17 @@ class Placement:
         with torch.device("meta"):
             copy = _rebuild(module)
         copy.eval().requires_grad_(False)
-        parallelize(copy, self.cfg, self.device, self.mesh if is_sharded(module) else None, compile=False)
+        parallelize(copy, self.cfg, self.device, self.mesh if D.is_sharded(module) else None, compile=False)
         copy.to_empty(device=self.device)
         src = module.state_dict(keep_vars=True)
         for k, v in copy.state_dict(keep_vars=True).items():
-            local(v).copy_(local(src[k]))
+            D.local(v).copy_(D.local(src[k]))
         return copy
 
     # ----- outputs ----------------------------------------------------------------------------------
     def full_state_dict(self, module: nn.Module) -> dict:
         """The whole state dict on rank 0, on the CPU ({} on the other ranks); every rank must call it."""
-        if not is_sharded(module):
+        if not D.is_sharded(module):
             return {k: v.detach().cpu() for k, v in module.state_dict().items()} if D.is_main() else {}
         return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

@@ -19,8 +19,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.tensor import DTensor
 
+from .distributed import is_sharded as _sharded
 from .ema import EMA
 
 
@@ -30,7 +30,7 @@ def network(x) -> torch.nn.Module:
 
 
 def is_sharded(x) -> bool:
-    return any(isinstance(p, DTensor) for p in network(x).parameters())
+    return _sharded(network(x))
 
 
 def _owner(opt: torch.optim.Optimizer, modules: dict) -> torch.nn.Module:
