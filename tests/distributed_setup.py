@@ -12,10 +12,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
-# the stages both sides train, with their overrides; ``SHARDED_ONLY`` applies under torchrun alone (one
-# process takes the whole batch in one pass: the same global batch either way)
-RUNS = {"tf": ["train.grad_clip=1e-3"], "tf_scm": ["train.eval_every=3", "eval.prompts=1", "eval.per_prompt=2",
-                                                   "eval.batch=2"], "sf_dmd": []}
+# the stages both sides train, with their overrides (TF-sCM: a 2-block student of the 3-block init, and an
+# evaluation of the EMA); ``SHARDED_ONLY`` applies under torchrun alone (one process takes the whole batch in
+# one pass: the same global batch either way)
+RUNS = {"tf": ["train.grad_clip=1e-3"],
+        "tf_scm": ["student_layers=[0,2]", "train.eval_every=3", "eval.prompts=1", "eval.per_prompt=2", "eval.batch=2"],
+        "sf_dmd": []}
 SHARDED_ONLY = {"tf": ["parallel.grad_accum=2"]}
 
 

@@ -1,8 +1,8 @@
 """Scale-out (train/parallelize.py, placement.py, sharded_state.py): FSDP2 over 2 gloo processes against
 one process on the tiny world. The same losses (≤ 1e-5 relative) for TF (with gradient accumulation and
-clipping), TF-sCM (forward-mode pass under FSDP2, an evaluation of the sharded EMA) and SF-DMD; sharded
-loading, forward_jvp and gradients (plain and checkpointed) equal the whole network's; checkpoints move
-between world sizes both ways; a recipe runs under torchrun end to end."""
+clipping), TF-sCM (forward-mode pass under FSDP2, a 2-block student of a 3-block init, an evaluation of the
+sharded EMA) and SF-DMD; sharded loading, forward_jvp and gradients (plain and checkpointed) equal the whole
+network's; checkpoints move between world sizes both ways; a recipe runs under torchrun end to end."""
 import json
 import shutil
 from contextlib import contextmanager
@@ -169,9 +169,7 @@ stages:
   - {stage: teacher, preset: blob-tiny, overrides: [train.steps=2, train.batch=4]}
   - {stage: synth, preset: blob-tiny, inputs: {teacher: teacher}, overrides: [n=4, steps=2, batch=4]}
   - {stage: tf, preset: blob-tiny, inputs: {data: synth, init: teacher}, overrides: [train.steps=2, train.batch=2]}
-  - {stage: tf_scm, preset: blob-tiny, inputs: {data: synth, init: tf, teacher: tf},
-     overrides: [train.steps=2, train.batch=2]}
-  - {stage: sf_dmd, preset: blob-tiny, inputs: {init: tf_scm, teacher: teacher},
+  - {stage: sf_dmd, preset: blob-tiny, inputs: {init: tf, teacher: teacher},
      overrides: [train.steps=2, train.batch=2, critic_ratio=1]}
 report: {prompts: 1, per_prompt: 2, batch: 2}
 """
@@ -182,5 +180,5 @@ def test_recipe_runs_under_torchrun(tmp_path):
     recipe.write_text(RECIPE)
     torchrun("-m", "causal_rcm.cli", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
     assert "| sf_dmd |" in (tmp_path / "run" / "report.md").read_text()
-    for stage in ("teacher", "tf", "tf_scm", "sf_dmd"):
+    for stage in ("teacher", "tf", "sf_dmd"):
         assert json.loads((tmp_path / "run" / stage / "config.json").read_text())["world_size"] == 2

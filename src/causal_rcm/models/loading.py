@@ -191,9 +191,10 @@ def load_into(model: torch.nn.Module, files, prefix: str = "", rename=None, allo
     and buffers in place from safetensors files, one tensor at a time, reading for a parameter sharded along
     dim 0 only the rows this rank holds: no rank ever holds the whole model, on the CPU or elsewhere.
 
-    File keys are ``prefix`` + the model's names after ``rename`` (a map of whole state dicts such as
-    ``to_wan_names``, applied to the keys only). Returns the model keys no file has; each must start with
-    one of ``allow_missing`` (e.g. MeanFlow's new ``r_embedding``), else KeyError."""
+    File keys are ``prefix`` + the model's names, or what ``rename`` makes of them: a map of whole state
+    dicts such as ``to_wan_names``, called on ``{file key: file key}`` and returning ``{model key: file
+    key}`` (it may leave keys out: a student of fewer blocks). Returns the model keys no file has; each
+    must start with one of ``allow_missing`` (e.g. MeanFlow's new ``r_embedding``), else KeyError."""
     from contextlib import ExitStack
 
     from safetensors import safe_open
@@ -203,9 +204,8 @@ def load_into(model: torch.nn.Module, files, prefix: str = "", rename=None, allo
         handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
         where = {}
         for h in handles:
-            keys = [k[len(prefix):] for k in h.keys() if k.startswith(prefix)]
-            names = rename(dict.fromkeys(keys)) if rename is not None else dict.fromkeys(keys)
-            for name, key in zip(names, keys):
+            keys = {k[len(prefix):]: k[len(prefix):] for k in h.keys() if k.startswith(prefix)}
+            for name, key in (rename(keys) if rename is not None else keys).items():
                 where[name] = (h, prefix + key)
         targets = model.state_dict(keep_vars=True)
         missing = [k for k in targets if k not in where]

@@ -112,27 +112,31 @@ class Placement:
         return net
 
     def load_bundle(self, path: str, what: str, trainable: bool = False,
-                    net_config: Callable[[WanConfig], WanConfig] | None = None):
+                    net_config: Callable[[WanConfig], WanConfig] | None = None,
+                    rename: Callable[[dict], dict] | None = None):
         """The bundle at ``path`` (the config key ``what=`` names it) with its network placed.
-        ``net_config`` changes the network's config (MeanFlow: dual_time); the weights the bundle lacks
-        keep the model's initialisation (its zero last layers)."""
+        ``net_config`` changes the network's config (fewer blocks, MeanFlow's dual_time) and ``rename``
+        maps the bundle's state-dict keys to the changed network's (``{key: value}`` to ``{key: value}``);
+        weights the bundle lacks keep the model's initialisation (its zero last layers)."""
         if not path:
             raise ValueError(f"this stage needs {what}= (a bundle path)")
         if self.sharded:
-            return self._load_bundle_sharded(path, trainable, net_config)
+            return self._load_bundle_sharded(path, trainable, net_config, rename)
         from ..stream.bundle import Bundle
 
         b = Bundle.load(path, device=self.device, trainable=trainable)
-        if net_config is not None and net_config(b.net.cfg) != b.net.cfg:
-            net = WanDiT(net_config(b.net.cfg)).to(self.device)
-            bad = net.load_state_dict(b.net.state_dict(), strict=False).unexpected_keys
+        new_cfg = net_config(b.net.cfg) if net_config is not None else b.net.cfg
+        if new_cfg != b.net.cfg or rename is not None:
+            net = WanDiT(new_cfg).to(self.device)
+            sd = rename(b.net.state_dict()) if rename is not None else b.net.state_dict()
+            bad = net.load_state_dict(sd, strict=False).unexpected_keys
             if bad:
                 raise ValueError(f"{path}: the changed network has no place for {bad[:5]}")
             b.net = net.train(trainable).requires_grad_(trainable)
         b.net = parallelize(b.net, self.cfg, self.device, None, trainable)
         return b
 
-    def _load_bundle_sharded(self, path: str, trainable: bool, net_config):
+    def _load_bundle_sharded(self, path: str, trainable: bool, net_config, rename):
         from safetensors import safe_open
 
         from ..stream.bundle import Bundle, net_config as bundle_net_config
@@ -153,12 +157,13 @@ class Placement:
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{path}: bundle config has no usable 'model' ({e})") from None
         new_cfg = net_config(cfg) if net_config is not None else cfg
+        rename = rename or (lambda sd: sd)
         with torch.device("meta"):
-            added = tuple(sorted(set(WanDiT(new_cfg).state_dict()) - set(WanDiT(cfg).state_dict())))
+            added = tuple(sorted(set(WanDiT(new_cfg).state_dict()) - set(rename(WanDiT(cfg).state_dict()))))
         net = self._empty(new_cfg, trainable)
         if added:
             net.init_weights()  # on the shards: only the weights the bundle lacks keep these values
-        load_into(net, [path], prefix="net.", allow_missing=added)
+        load_into(net, [path], prefix="net.", rename=rename, allow_missing=added)
         with safe_open(str(path), framework="pt") as f:
             te = {k[len("text_encoder."):]: f.get_tensor(k) for k in f.keys() if k.startswith("text_encoder.")}
         b = Bundle.from_config(path, config, {"text_encoder": te}, net=net)

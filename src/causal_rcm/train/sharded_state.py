@@ -13,6 +13,7 @@ those into sharded networks (each rank reads the file: fine at the sizes one pro
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +60,9 @@ def load(ckpt: Path, modules: dict, optimizers: dict, meta: dict) -> list[str]:
     """Read a DCP checkpoint into ``modules`` and ``optimizers`` (any placement, any world size); returns
     the names of the optimisers whose files were dropped (they restart with fresh moments)."""
     sd = {name: get_model_state_dict(network(m)) for name, m in modules.items()}
-    dcp.load(sd, checkpoint_id=ckpt / "modules.dcp")
+    with warnings.catch_warnings():  # one process without a process group: DCP says it reads alone, as meant
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(sd, checkpoint_id=ckpt / "modules.dcp")
     for name, m in modules.items():
         set_model_state_dict(network(m), sd[name])
         if isinstance(m, EMA):
@@ -73,7 +76,9 @@ def load(ckpt: Path, modules: dict, optimizers: dict, meta: dict) -> list[str]:
         owner = _owner(opt, modules)
         osd = get_optimizer_state_dict(owner, opt)  # a fresh optimiser's zero moments, the targets to fill
         state = {"state": osd["state"]}
-        dcp.load(state, checkpoint_id=folder)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            dcp.load(state, checkpoint_id=folder)
         set_optimizer_state_dict(owner, opt, {"state": state["state"],
                                               "param_groups": meta["optimizers"][name]["param_groups"]})
     return fresh
