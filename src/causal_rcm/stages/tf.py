@@ -104,9 +104,9 @@ def bundle_sampling(cfg: TFConfig) -> FewStep | EulerCFG:
 
 
 def student_network(layers: tuple[int, ...], dual: bool):
-    """(config change, key map) from the init's network to the student's: the init's blocks ``layers`` (in
-    that order; () keeps all), MeanFlow's r-embedding (``dual``); embeddings and head kept. ``Placement``
-    applies them whole or shard by shard."""
+    """(config change, key map or None) from the init's network to the student's: the init's blocks
+    ``layers`` (in that order; () keeps all), MeanFlow's r-embedding (``dual``); embeddings and head kept.
+    ``Placement.load_bundle`` applies them whole or shard by shard."""
     def net_config(c: WanConfig) -> WanConfig:
         if layers:
             if len(set(layers)) != len(layers) or not all(0 <= i < c.num_layers for i in layers):
@@ -116,15 +116,13 @@ def student_network(layers: tuple[int, ...], dual: bool):
         return dual_time(c) if dual else c
 
     def rename(sd: dict) -> dict:
-        if not layers:
-            return sd
         out = {k: v for k, v in sd.items() if not k.startswith("blocks.")}
         for new, old in enumerate(layers):
             out.update({f"blocks.{new}.{k[len(f'blocks.{old}.'):]}": v for k, v in sd.items()
                         if k.startswith(f"blocks.{old}.")})
         return out
 
-    return net_config, rename
+    return net_config, (rename if layers else None)
 
 
 def with_layers(b: Bundle, layers: tuple[int, ...]) -> Bundle:
