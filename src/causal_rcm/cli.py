@@ -251,6 +251,33 @@ def _export(a):
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {a.dtype})")
 
 
+def _play(a):
+    from .serve.app import bind, serve
+    from .serve.link import WorkerLink
+    from .serve.options import PlayOptions
+
+    _positive("window", a.window)
+    _positive("sink", a.sink, allow_zero=True)
+    _positive("max-players", a.max_players)
+    _positive("threads", a.threads)
+    if not 0 <= a.port <= 65535:
+        raise ValueError(f"--port must lie in 0..65535, got {a.port}")
+    opts = PlayOptions(fps=a.fps, window=a.window, sink=a.sink, side_by_side=a.side_by_side,
+                       max_players=a.max_players, device=a.device, threads=a.threads)
+    sock = bind(a.host, a.port)  # a busy port fails before the model loads
+    link = WorkerLink(a.ckpt, Path(a.ckpt).name, opts)  # the model loads in its worker process
+    info = link.info
+    host, port = sock.getsockname()[:2]
+    print(f"playing {a.ckpt}: {info['world']}, {info['pattern']}, window {info['window']} + sink {info['sink']} "
+          f"blocks, {opts.fps:g} fps target, on {info['device']}" + (", side by side" if info["side_by_side"] else ""))
+    print(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        serve(link, sock)
+    finally:
+        link.shutdown()
+    print("causal-rcm play: stopped", flush=True)
+
+
 def _synth(a):
     from .io import check_dir_writable
     from .stages.synth import SynthConfig, parse_times, run_synth, synth_summary
@@ -371,6 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("ckpt")
     x.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     x.add_argument("--out", required=True)
+
+    pl = cmd("play", "serve a world model to a browser (shared/specs/play.md)", _play)
+    pl.add_argument("--ckpt", required=True, help="a causal student or causal teacher bundle (.safetensors)")
+    pl.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    pl.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port, printed)")
+    pl.add_argument("--device", default=None)
+    pl.add_argument("--fps", type=float, default=30.0, help="target frames per second per player")
+    pl.add_argument("--window", type=int, default=None,
+                    help="KV window in blocks (default: as many as fit the trained video length with the sink)")
+    pl.add_argument("--sink", type=int, default=1, help="blocks at the stream's start kept in the KV cache")
+    pl.add_argument("--side-by-side", action="store_true",
+                    help="Atari: step the real emulator with the same keys and show it beside the model")
+    pl.add_argument("--max-players", type=int, default=4, help="simultaneous sessions; more are refused")
+    pl.add_argument("--threads", type=int, default=None, help="torch CPU threads of the model worker")
 
     s = cmd("synth", "sample a synthetic dataset from a bidirectional teacher", _synth)
     s.add_argument("--teacher", required=True, help="teacher bundle (.safetensors)")
