@@ -10,7 +10,9 @@ TRITON_CPU ?= triton==3.6.0
 TORCH_INDEX ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install demo test clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser demo test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +27,17 @@ endif
 
 install: $(VENV)/.installed
 
+# The play page's browser test drives Debian's chromium (tests/test_play_browser.py); as root on Debian it is
+# installed here, elsewhere the test skips and says why.
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "no $(CHROMIUM) (apt-get install chromium): the browser test will skip"
+
 demo: install
 	$(BIN)/causal-rcm demo --out runs/demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
 
 clean:

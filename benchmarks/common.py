@@ -34,7 +34,7 @@ def time_ms(fn, warmup: int, iters: int) -> float:
 def write_result(out: str | Path, rows: list[dict], columns: list[tuple[str, str, int, str]], **meta) -> None:
     """Write {device, torch, **meta, rows} to ``out`` as JSON and print the rows as a table.
     ``columns``: (row key, header, width, format spec); text columns align left, numbers right."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"  # CPU rows name it in meta
     result = dict(device=device, torch=torch.__version__, **meta, rows=rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -269,3 +269,65 @@ def test_a_malicious_client_neither_grows_memory_nor_slows_another(server):
     assert rss1 - rss0 < 64, f"server RSS grew {rss1 - rss0:.0f} MiB under a client that never reads"
     queued = [s["queued"] for s in sessions]
     assert max(queued) <= 2 and any(s["paused"] or s["dropped"] > 0 for s in sessions), sessions
+
+
+# ----- Atari: real frames first, the real game beside the model; the command line -------------------------
+def test_atari_starts_from_real_frames_and_the_emulator_follows_the_same_keys(tmp_path):
+    from causal_rcm.worlds.atari import rollout, sample_videos
+
+    ckpt = random_bundle(tmp_path / "pong.safetensors", WorldConfig("atari", "Pong", 64, 9), "c3-3", patch=8)
+    s = PlayServer(ckpt, "--fps", "15", "--side-by-side", "--device", "cpu", "--threads", "1")
+    try:
+        h = s.health()
+        assert h["side_by_side"] and h["starts_from_game_state"] and h["actions"][:3] == ["NOOP", "FIRE", "RIGHT"]
+        c = Client(s.ws_url)
+        for bad in ({"type": "start", "seed": 0, "prompt": "a red ball"}, {"type": "start", "seed": 0, "game_state": "x"}):
+            c.send(bad)
+        c.send({"type": "start", "seed": 0, "game_state": "ale1:not-a-state"})  # refused by the worker
+        c.until(lambda: sum(m["type"] == "error" for m in c.messages) >= 3)
+        c.send({"type": "start", "seed": 0, "game_state": "0:2", "side_by_side": True})
+        assert c.message("ready")["side_by_side"]
+        c.until(lambda: len(c.frames) >= 4)
+        c.send({"type": "action", "action": 2, "t_client": 5.0})  # RIGHT: the paddle goes up
+        c.until(lambda: len(c.frames) >= 12 and len(c.emulator) >= 12)
+        plain = started(s, seed=0)   # a client of the plain spec gets no emulator frames
+        plain.until(lambda: len(plain.frames) >= 3)
+        assert not plain.emulator
+        plain.close()
+        c.close()
+    finally:
+        rc, out = s.stop()
+    assert rc == 0 and "stopped" in out and "Traceback" not in out, out
+    errors = [m["message"] for m in c.messages if m["type"] == "error"]
+    assert "no prompt" in errors[0] and "'<seed>:<index>'" in errors[1] and "not an Atari state" in errors[2]
+    model = [f for _, f in c.frames]
+    emu = [f for _, f in c.emulator]
+    assert [f.index for f in model[:12]] == list(range(12)) == [f.index for f in emu[:12]]
+    truth = sample_videos("Pong", 1, 0, 9, start=2)
+    assert np.array_equal(decode_png(model[0].png), truth["videos"][0, 0])         # frame 0 is the game's
+    assert [f.action for f in model[1:3]] == list(truth["actions"][0, :2])         # so are frames 1, 2
+    assert any(f.t_client == 5.0 and f.action == 2 for f in model)
+    played = np.array([[f.action for f in emu[1:12]]])
+    expected = rollout("Pong", truth["states"][:1], played)[0]
+    assert all(np.array_equal(decode_png(f.png), expected[k]) for k, f in enumerate(emu[:12]))
+
+
+def test_play_refuses_bad_options_in_one_line(tmp_path, capsys):
+    from causal_rcm.cli import main
+    from causal_rcm.stream.sampling import Euler
+
+    from .test_bundle import tiny_bundle
+
+    teacher = tiny_bundle(Euler(steps=2)).save(tmp_path / "teacher.safetensors")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    cases = {("--ckpt", str(tmp_path / "none.safetensors")): "no such bundle",
+             ("--ckpt", str(teacher), "--fps", "0"): "--fps must be > 0",
+             ("--ckpt", str(teacher), "--sink", "-1"): "--sink must be >= 0",
+             ("--ckpt", str(teacher), "--port", str(busy.getsockname()[1])): "cannot listen",
+             ("--ckpt", str(teacher), "--port", "0"): "causal teacher or a student"}
+    for args, why in cases.items():
+        assert main(["play", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert why in err and len(err.splitlines()) == 1, err
+    busy.close()

@@ -264,6 +264,8 @@ def _play(a):
         raise ValueError(f"--port must lie in 0..65535, got {a.port}")
     opts = PlayOptions(fps=a.fps, window=a.window, sink=a.sink, side_by_side=a.side_by_side,
                        max_players=a.max_players, device=a.device, threads=a.threads)
+    if not Path(a.ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {a.ckpt}: no such bundle file (a .safetensors from train or export)")
     sock = bind(a.host, a.port)  # a busy port fails before the model loads
     link = WorkerLink(a.ckpt, Path(a.ckpt).name, opts)  # the model loads in its worker process
     info = link.info

@@ -117,8 +117,11 @@ class Scheduler:
             except (EOFError, OSError):
                 return
             except Exception as e:  # noqa: BLE001 - one session's failure must not end the others' games
-                log.exception("play session failed")
                 p.state = None
                 why = str(e).splitlines()[0][:200] if str(e) else ""
+                if isinstance(e, ValueError):  # the client's input (e.g. a corrupt game state): one line
+                    log.warning("play session %d stopped: %s", sid, why)
+                else:
+                    log.exception("play session %d failed", sid)
                 self.conn.send(("msg", sid, {"type": "error", "message": f"this session stopped: {type(e).__name__}: "
                                              f"{why}; send start to begin again"}))

@@ -133,7 +133,7 @@ function onControl(msg) {
     $("emulator-view").hidden = !sideBySide;
     $("diff-view").hidden = !sideBySide;
     painted.model = painted.emu = -1;
-    sentAction = -1;
+    sentAction = 0;  // a new stream holds action 0 (none / NOOP): only keys already down need sending
     sendAction();
     setStatus(`playing: seed ${msg.seed}${msg.prompt ? `, “${msg.prompt}”` : ""}`);
   } else if (msg.type === "error") {
