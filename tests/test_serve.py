@@ -155,7 +155,7 @@ def test_two_players_get_independent_games(server):
             if other is not None:
                 other.send({"type": "action", "action": len(a.frames) % 5, "t_client": 1.0})
                 other.send("{broken")
-                if len(a.frames) == n // 2:
+                if len(a.frames) == n // 2:  # (refused if within a second of B's last start: junk too)
                     other.send({"type": "start", "seed": 7, "prompt": "a blue ball"})
         a.close()
         return [decode_png(f.png) for _, f in a.frames[:n]]
@@ -172,6 +172,10 @@ def test_two_players_get_independent_games(server):
 def test_stop_closes_and_restart_begins_again(server):
     c = started(server, seed=2)
     c.until(lambda: len(c.frames) >= 3)
+    n = len(c.messages)
+    c.send({"type": "start", "seed": 3})  # within a second of the last start: refused, the stream goes on
+    assert "one start every" in c.message("error", after=n)["message"]
+    time.sleep(1.0)
     n = len(c.messages)
     c.send({"type": "start", "seed": 3})
     ready = c.message("ready", after=n)
@@ -285,6 +289,7 @@ def test_atari_starts_from_real_frames_and_the_emulator_follows_the_same_keys(tm
             c.send(bad)
         c.send({"type": "start", "seed": 0, "game_state": "ale1:not-a-state"})  # refused by the worker
         c.until(lambda: sum(m["type"] == "error" for m in c.messages) >= 3)
+        time.sleep(1.0)  # one start a second
         c.send({"type": "start", "seed": 0, "game_state": "0:2", "side_by_side": True})
         assert c.message("ready")["side_by_side"]
         c.until(lambda: len(c.frames) >= 4)

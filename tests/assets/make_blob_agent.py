@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--tf-steps", type=int, default=3000)
     ap.add_argument("--scm-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--time-limit", type=float, default=0.0, help="seconds per training stage (0: none)")
     ap.add_argument("--asset", default=None, help="also export the student in bf16 here")
     a = ap.parse_args()
     out = Path(a.out)
@@ -74,7 +75,8 @@ def main():
         cli("train", "teacher", "--preset", "blob-tiny", "world.variant=agent", "--out", str(out / "teacher"), *dev)
         teacher = str(out / "teacher" / "teacher.safetensors")
     data = write_world_data(out / "data", a.n, seed=0)
-    common = ["--preset", "blob-tiny", "pattern=c1-1", f"data={data}", f"train.batch={a.batch}"]
+    common = ["--preset", "blob-tiny", "pattern=c1-1", f"data={data}", f"train.batch={a.batch}",
+              f"train.time_limit={a.time_limit}"]
     cli("train", "tf", *common, f"init={teacher}", f"train.steps={a.tf_steps}", f"train.ckpt_every={a.tf_steps}",
         "--out", str(out / "tf"), *dev)
     tf = out / "tf" / "model.safetensors"

@@ -35,6 +35,8 @@ WS_MAX_SIZE = 1 << 20  # above this the WebSocket layer itself closes (1009); up
 CONTROL_MAX = 16       # queued control messages per client (``ready`` always gets in)
 RATE, BURST = 200.0, 400  # client messages per second read from one connection (a key press is a few)
 STALL_S = 2.0          # a send stuck this long means the client reads nothing: pause its session
+START_S = 1.0          # at most one start a second per client: a start costs the worker a new stream
+                       # (an Atari one replays the game's burn-in), so a flood of them would starve the others
 STATS_S = 1.0
 # What the kernel may hold for one client (accepted sockets inherit it from the listening one). Linux
 # would otherwise grow it to 4 MiB: a client that stops reading would absorb minutes of small frames before
@@ -107,6 +109,7 @@ class Connection:
         self.sending_since: float | None = None
         self.started = self.running = self.paused = False
         self.sid: int | None = None
+        self.last_start = float("-inf")
 
     def _on_frames(self, frames: list[OutFrame], gen_ms: float) -> None:
         if gen_ms > 0:
@@ -165,7 +168,11 @@ class Connection:
                 if isinstance(m, Stop):
                     return True
                 if isinstance(m, Start):
-                    self.link.start(self.sid, check_start(m, self.info["prompts"], self.info["starts_from_game_state"]))
+                    m = check_start(m, self.info["prompts"], self.info["starts_from_game_state"])
+                    if time.monotonic() - self.last_start < START_S:
+                        raise ProtocolError(f"start: at most one start every {START_S:g} s; send it again")
+                    self.last_start = time.monotonic()
+                    self.link.start(self.sid, m)
                     self.started = True  # actions sent right after start are held for the new stream
                 elif isinstance(m, Action):
                     if not self.started:

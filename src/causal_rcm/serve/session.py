@@ -23,7 +23,7 @@ from ..models.conditioning import encode_actions, frame_action_ids
 from ..runtime import autocast_for
 from ..stream.bundle import Bundle
 from ..stream.codec import to_uint8, to_unit
-from ..stream.engine import Engine, Noise
+from ..stream.engine import Noise
 from ..worlds.registry import make_world
 from .options import PlayOptions
 from .protocol import GAME_REF, NO_T_CLIENT, OutFrame, Start
@@ -62,7 +62,7 @@ class Game:
         self.frame_size = (bundle.world.size, bundle.world.size)
         self.window = options.window or fit_window(self.pattern, T, options.sink)
         self.policy = KVPolicy(self.window, options.sink)
-        self.engine = Engine(bundle.net, bundle.sampling, (C, H, W), bundle.codec, policy=self.policy)
+        self.engine = bundle.engine(self.policy)
         self.stride = bundle.codec.temporal_stride
         self.n_actions = bundle.net.cfg.action_dim // self.stride
         if self.n_actions and self.n_actions != len(self.world.action_names):
