@@ -336,3 +336,31 @@ def test_play_refuses_bad_options_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert why in err and len(err.splitlines()) == 1, err
     busy.close()
+
+
+def test_one_worker_per_device_and_a_dead_worker_stops_the_server(tmp_path):
+    import os
+    import signal as signals
+
+    ckpt = random_bundle(tmp_path / "agent.safetensors", WorldConfig("blobworld", "agent", 16, 9), patch=4)
+    s = PlayServer(ckpt, "--fps", "10", "--device", "cpu,cpu", "--threads", "1", "--max-players", "2")
+    try:
+        assert s.health()["workers"] == 2 and s.health()["device"] == "cpu,cpu"
+        a, b = started(s, seed=1), started(s, seed=2)
+        a.until(lambda: len(a.frames) >= 3)
+        b.until(lambda: len(b.frames) >= 3)
+        assert sorted(x["worker"] for x in s.health()["sessions"]) == [0, 1]  # one session on each
+        children = sorted(int(p) for t in os.listdir(f"/proc/{s.proc.pid}/task")
+                          for p in open(f"/proc/{s.proc.pid}/task/{t}/children").read().split())
+        workers = [p for p in children if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+        assert len(workers) == 2
+        os.kill(workers[0], signals.SIGKILL)  # the first session's worker dies (out of memory, a crash)
+        try:
+            a.message("error", timeout=20)
+        except websockets.ConnectionClosed:
+            pass
+        assert any("the model worker on cpu stopped" in m.get("message", "") for m in a.messages), a.messages
+        s.proc.wait(30)
+    finally:
+        rc, out = s.stop()
+    assert rc == 2 and "the model worker on cpu stopped" in out.strip().splitlines()[-1], out

@@ -253,7 +253,7 @@ def _export(a):
 
 def _play(a):
     from .serve.app import bind, serve
-    from .serve.link import WorkerLink
+    from .serve.link import WorkerPool
     from .serve.options import PlayOptions
 
     _positive("window", a.window)
@@ -267,16 +267,19 @@ def _play(a):
     if not Path(a.ckpt).is_file():
         raise FileNotFoundError(f"--ckpt {a.ckpt}: no such bundle file (a .safetensors from train or export)")
     sock = bind(a.host, a.port)  # a busy port fails before the model loads
-    link = WorkerLink(a.ckpt, Path(a.ckpt).name, opts)  # the model loads in its worker process
-    info = link.info
+    devices = [d.strip() for d in a.device.split(",")] if a.device else [None]
+    if a.device and not all(devices):
+        raise ValueError(f"--device {a.device!r}: give a device (cpu, cuda, cuda:N) or a comma-separated list")
+    pool = WorkerPool(a.ckpt, Path(a.ckpt).name, opts, devices)  # the model loads in its worker process(es)
+    info = pool.info
     host, port = sock.getsockname()[:2]
     print(f"playing {a.ckpt}: {info['world']}, {info['pattern']}, window {info['window']} + sink {info['sink']} "
           f"blocks, {opts.fps:g} fps target, on {info['device']}" + (", side by side" if info["side_by_side"] else ""))
     print(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/  (Ctrl-C stops)", flush=True)
     try:
-        serve(link, sock)
+        serve(pool, sock)
     finally:
-        link.shutdown()
+        pool.shutdown()
     print("causal-rcm play: stopped", flush=True)
 
 
@@ -405,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--ckpt", required=True, help="a causal student or causal teacher bundle (.safetensors)")
     pl.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     pl.add_argument("--port", type=int, default=8765, help="TCP port (0: any free port, printed)")
-    pl.add_argument("--device", default=None)
+    pl.add_argument("--device", default=None, help="cpu, cuda, cuda:N, or a list (cuda:0,cuda:1): one model "
+                    "worker per device, each session on the least busy")
     pl.add_argument("--fps", type=float, default=30.0, help="target frames per second per player")
     pl.add_argument("--window", type=int, default=None,
                     help="KV window in blocks (default: as many as fit the trained video length with the sink)")

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .link import WorkerLink
+from .link import WorkerLink, WorkerPool
 from .protocol import Action, OutFrame, ProtocolError, Start, Stop, check_start, pack_frame, parse_message
 
 STATIC = Path(__file__).parent / "static"
@@ -99,8 +99,9 @@ class Bucket:
 
 
 class Connection:
-    def __init__(self, ws, link: WorkerLink):
-        self.ws, self.link, self.info = ws, link, link.info
+    def __init__(self, ws, pool: WorkerPool):
+        self.ws, self.pool, self.info = ws, pool, pool.info
+        self.link: WorkerLink | None = None
         self.outbox = Outbox(int(self.info["block_frames"]) + 1)
         self.gen_ms: deque[float] = deque(maxlen=256)
         self.sent_at: deque[float] = deque(maxlen=4096)
@@ -123,7 +124,8 @@ class Connection:
 
     def describe(self) -> dict:
         return {"frame": self.last_index, "sent": self.sent, "dropped": self.outbox.dropped,
-                "queued": len(self.outbox.frames), "paused": self.paused, "running": self.running}
+                "queued": len(self.outbox.frames), "paused": self.paused, "running": self.running,
+                "worker": self.pool.links.index(self.link) if self.link is not None else None}
 
     async def _send(self, data: str | bytes) -> None:
         self.sending_since = time.monotonic()
@@ -133,12 +135,13 @@ class Connection:
 
     async def run(self) -> None:
         await self.ws.accept()
-        self.sid = self.link.open(self._on_frames, self._on_message)
-        if self.sid is None:
-            why = self.link.dead or f"the server is full ({self.link.options.max_players} players); try again later"
+        opened = self.pool.open(self._on_frames, self._on_message)
+        if opened is None:
+            why = self.pool.dead or f"the server is full ({self.pool.options.max_players} players); try again later"
             await self._send(json.dumps({"type": "error", "message": why}))
             await self.ws.close(1013)
             return
+        self.link, self.sid = opened
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._stats_loop())]
         stopped = False
         try:
@@ -224,11 +227,11 @@ class Connection:
             self.outbox.put_control({"type": "stats", "fps": sum(1 for t in self.sent_at if t > now - STATS_S) / STATS_S,
                                      "gen_ms_p50": quantile(gen, 0.5), "gen_ms_p99": quantile(gen, 0.99),
                                      "frame": self.last_index, "dropped": self.outbox.dropped,
-                                     "players": len(self.link.handlers)})
+                                     "players": self.pool.players})
 
 
-def create_app(link: WorkerLink):
-    """The Starlette app; its lifespan connects the model worker to the loop and stops it at the end."""
+def create_app(pool: WorkerPool, on_dead=None):
+    """The Starlette app; its lifespan connects the model workers to the loop and stops them at the end."""
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
@@ -242,13 +245,13 @@ def create_app(link: WorkerLink):
         return FileResponse(STATIC / "play.html", headers={"Cache-Control": "no-cache"})
 
     async def health(request):
-        body = {**link.info, "players": len(link.handlers), "sessions": [c.describe() for c in list(connections)]}
-        if link.dead:
-            return JSONResponse({**body, "error": link.dead}, status_code=503)
+        body = {**pool.info, "players": pool.players, "sessions": [c.describe() for c in list(connections)]}
+        if pool.dead:
+            return JSONResponse({**body, "error": pool.dead}, status_code=503)
         return JSONResponse(body)
 
     async def play(ws):
-        c = Connection(ws, link)
+        c = Connection(ws, pool)
         connections.add(c)
         try:
             await c.run()
@@ -257,11 +260,11 @@ def create_app(link: WorkerLink):
 
     @asynccontextmanager
     async def lifespan(app):
-        link.attach(asyncio.get_running_loop())
+        pool.attach(asyncio.get_running_loop(), on_dead)
         try:
             yield
         finally:
-            await asyncio.to_thread(link.shutdown)
+            await asyncio.to_thread(pool.shutdown)
 
     return Starlette(routes=[Route("/", page), Route("/health", health), WebSocketRoute("/ws", play),
                              Mount("/static", StaticFiles(directory=STATIC))], lifespan=lifespan)
@@ -281,7 +284,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(link: WorkerLink, sock: socket.socket, log_level: str = "warning") -> None:
+def serve(pool: WorkerPool, sock: socket.socket, log_level: str = "warning") -> None:
     """Run until Ctrl-C or SIGTERM (a second one forces): uvicorn closes every WebSocket (1012), then the
     lifespan stops the worker. A worker that dies stops the server too (ChildProcessError)."""
     import uvicorn
@@ -292,17 +295,15 @@ def serve(link: WorkerLink, sock: socket.socket, log_level: str = "warning") -> 
             # uvicorn's own handlers re-raise Ctrl-C once it has shut down cleanly; ours just ask it to stop
             yield
 
-    config = uvicorn.Config(create_app(link), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
-                            ws_per_message_deflate=False,  # PNG frames do not compress; deflate costs time
-                            log_level=log_level, timeout_graceful_shutdown=3, lifespan="on")
-    server = Server(config)
-
-    def stop():
+    def stop(_why=None):
         if server.should_exit:
             server.force_exit = True
         server.should_exit = True
 
-    link.on_dead = lambda why: stop()
+    config = uvicorn.Config(create_app(pool, on_dead=stop), ws="websockets-sansio", ws_max_size=WS_MAX_SIZE,
+                            ws_per_message_deflate=False,  # PNG frames do not compress; deflate costs time
+                            log_level=log_level, timeout_graceful_shutdown=3, lifespan="on")
+    server = Server(config)
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -312,5 +313,5 @@ def serve(link: WorkerLink, sock: socket.socket, log_level: str = "warning") -> 
         await server.serve(sockets=[sock])
 
     asyncio.run(main())
-    if link.dead:
-        raise ChildProcessError(link.dead)
+    if pool.dead:
+        raise ChildProcessError(pool.dead)
