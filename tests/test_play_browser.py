@@ -1,9 +1,13 @@
 """The play page in a real headless Chromium (Debian's ``chromium``, driven by Playwright; nothing is
-downloaded at run time): load it, start, hold keys, and check that the white agent moves the way the keys
-say and that the page reports its key-to-photon latency.
+downloaded at run time): load it, start, hold keys, check that the player's agent moves the way the keys
+say, and read the latency the page reports.
 
-The model is the shipped tiny Blobworld-agent c1-1 student (tests/assets/README.md says how it was made):
-a random model would not follow the keys.
+The server plays Pong side by side (``--side-by-side``): the real emulator, driven by the page's keys, beside
+a tiny random-init world model. The agent checked is the game's own paddle on the emulator canvas (↑ moves
+it up, ↓ down), and the model's frames must carry the same action in their headers: the whole path from a
+key event to photons on both canvases. Whether a *trained* model's agent follows the keys is a property of
+the model, measured with ``scripts/play_window.py`` (action_accuracy over an endless stream), not of the
+page: no model small enough to ship here follows them yet (docs/play.md).
 """
 import os
 import re
@@ -13,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from .play_helpers import PlayServer
+from causal_rcm.worlds.base import WorldConfig
+
+from .play_helpers import PlayServer, random_bundle
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ASSET = Path(__file__).parent / "assets" / "blob-agent-c1-1.safetensors"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -35,23 +40,24 @@ if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
         raise RuntimeError(why)
     pytest.skip(why, allow_module_level=True)
 
-# The agent's centroid on the canvas (the brightest pixels: the agent is white, balls are saturated colours)
-CENTROID = """() => {
-  const f = window.play.frames.model;
+# The right-hand (player's) paddle on a 64×64 Pong frame: green, in columns 54–59
+PADDLE_Y = """() => {
+  const f = window.play.frames.emu;
   if (!f) return null;
-  const d = f.data.data; let sx = 0, sy = 0, n = 0;
-  for (let i = 0; i < d.length; i += 4) {
-    if (d[i] > 170 && d[i + 1] > 170 && d[i + 2] > 170) {
-      const p = i / 4; sx += p % f.data.width; sy += Math.floor(p / f.data.width); n++;
-    }
+  const d = f.data.data, w = f.data.width; let sy = 0, n = 0;
+  for (let y = 0; y < f.data.height; y++) for (let x = 54; x < 60; x++) {
+    const i = 4 * (y * w + x);
+    if (d[i + 1] > d[i] + 40 && d[i + 1] > d[i + 2] + 40) { sy += y; n++; }
   }
-  return n ? [sx / n, sy / n, f.index] : null;
+  return n ? sy / n : null;
 }"""
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = PlayServer(ASSET, "--fps", "10", "--device", "cpu", "--threads", "1")
+def server(tmp_path_factory):
+    ckpt = random_bundle(tmp_path_factory.mktemp("browser") / "pong.safetensors",
+                         WorldConfig("atari", "Pong", 64, 9), "c1-1", patch=8)
+    s = PlayServer(ckpt, "--fps", "10", "--side-by-side", "--device", "cpu", "--threads", "1")
     yield s
     s.stop()
 
@@ -60,7 +66,7 @@ def server():
 def page(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1100, "height": 640})
+        pg = browser.new_page(viewport={"width": 1280, "height": 640})
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
         pg.goto(server.url + "/")
@@ -70,38 +76,51 @@ def page(server):
         assert not errors, errors
 
 
-def held(page, key: str, seconds: float) -> list:
-    """Hold a key; the agent's centroid at the frames painted meanwhile (the first one before the key)."""
-    out = [page.evaluate(CENTROID)]
+def hold(page, key: str, seconds: float) -> tuple[list[float], set[str]]:
+    """Hold a key: the paddle's height on the game canvas meanwhile (the first before the key) and the
+    actions the model's frames said they applied."""
+    ys, actions = [page.evaluate(PADDLE_Y)], set()
     page.keyboard.down(key)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         page.wait_for_timeout(100)
-        out.append(page.evaluate(CENTROID))
+        ys.append(page.evaluate(PADDLE_Y))
+        actions.add(page.inner_text("#action"))
     page.keyboard.up(key)
-    return [c for c in out if c is not None]
+    return [y for y in ys if y is not None], actions
 
 
-def test_the_agent_follows_the_keys_and_the_page_reports_latency(page):
-    assert "world model" in page.inner_text("#views")
+def test_keys_move_the_players_paddle_and_the_page_reports_latency(page):
     keys = page.inner_text("#keys")
-    assert all(k in keys for k in ("W", "A", "S", "D", "up", "left", "Enter"))
-    page.select_option("#prompt", "no ball")  # only the agent on screen
-    page.fill("#seed", "3")
+    for expected in ("RIGHT (moves up)", "LEFT (moves down)", "FIRE", "Space", "Enter"):
+        assert expected in keys, keys
+    page.fill("#game-state", "0:1")
     page.click("#start")
-    page.wait_for_function("window.play.stats().frame >= 5", timeout=30000)
-    moves = {}
-    for key, axis, sign in (("ArrowLeft", 0, -1), ("ArrowRight", 0, 1), ("ArrowUp", 1, -1), ("ArrowDown", 1, 1)):
-        track = held(page, key, 1.5)
-        assert len(track) >= 5, f"{key}: the agent was visible in {len(track)} frames"
-        moves[key] = sign * (track[-1][axis] - track[0][axis])
-        other = abs(track[-1][1 - axis] - track[0][1 - axis])
-        assert moves[key] > 2.0, f"{key} moved the agent {moves[key]:.1f} px the wrong way or not at all: {track}"
-        assert other < moves[key], f"{key} moved the agent along the other axis ({other:.1f} px)"
+    page.wait_for_function("window.play.stats().frame >= 5 && window.play.frames.emu", timeout=30000)
+    assert page.is_visible("#emulator") and page.is_visible("#diff")
+    # the paddle crosses the 64-pixel screen in about 8 steps: 1.5 s at 10 fps takes it to either edge
+    down, down_actions = hold(page, "ArrowDown", 1.5)
+    up, up_actions = hold(page, "ArrowUp", 1.5)
+    assert len(up) >= 5 and len(down) >= 5, (up, down)
+    assert down[-1] > 40, f"↓ should take the paddle down the screen: {down}"
+    assert up[-1] < 24 and up[-1] < down[-1] - 16, f"↑ should take the paddle up the screen: {up}"
+    assert "RIGHT" in up_actions and "LEFT" in down_actions, (up_actions, down_actions)  # the model got them too
+    page.keyboard.press("Space")
+    page.wait_for_timeout(500)
     stats = page.evaluate("window.play.stats()")
-    assert stats["latency_n"] >= 8 and 0 < stats["latency_p50"] <= stats["latency_p99"] < 2000, stats
+    assert stats["latency_n"] >= 3 and 0 < stats["latency_p50"] <= stats["latency_p99"] < 3000, stats
     assert stats["fps"] > 5, stats
     shown = float(re.match(r"([\d.]+) ms", page.inner_text("#lat-p50")).group(1))
-    assert abs(shown - stats["latency_p50"]) < 200  # what the page shows is what it measured
-    server_fps = float(page.inner_text("#server-fps"))
-    assert server_fps > 5
+    assert abs(shown - stats["latency_p50"]) < 300  # the number on screen is the one measured
+    assert float(page.inner_text("#server-fps")) > 5
+    assert "ms" in page.inner_text("#gen-ms")
+
+
+def test_restart_with_another_seed_begins_a_new_stream(page):
+    before = page.evaluate("window.play.stats().frame")
+    page.fill("#seed", "5")
+    page.wait_for_timeout(1100)  # one start a second
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('status').textContent.includes('seed 5')", timeout=20000)
+    page.wait_for_function(f"window.play.stats().frame >= 2 && window.play.stats().frame < {max(before, 3)}",
+                           timeout=20000)

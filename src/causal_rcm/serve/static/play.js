@@ -71,7 +71,8 @@ function buildKeyTable() {
       th.appendChild(document.createTextNode(" "));
     }
     const td = document.createElement("td");
-    td.textContent = health.actions[a];
+    const alias = (ALIASES[health.world] || {})[key];
+    td.textContent = health.actions[a] + (alias ? ` (moves ${key})` : "");
     tr.append(th, td);
     body.appendChild(tr);
   }
@@ -132,6 +133,7 @@ function onControl(msg) {
     sideBySide = !!msg.side_by_side;
     $("emulator-view").hidden = !sideBySide;
     $("diff-view").hidden = !sideBySide;
+    scaleCanvases();
     painted.model = painted.emu = -1;
     sentAction = 0;  // a new stream holds action 0 (none / NOOP): only keys already down need sending
     sendAction();
@@ -216,7 +218,9 @@ function showStats() {
 
 function scaleCanvases() {
   const [h, w] = health.frame_size;
-  const scale = Math.max(1, Math.floor(Math.min(480, window.innerWidth - 380) / Math.max(h, w)));
+  const views = sideBySide ? 3 : 1;  // model, game and their difference side by side
+  const room = Math.min(480, (window.innerWidth - 380) / views - 16 * (views - 1));
+  const scale = Math.max(1, Math.floor(room / Math.max(h, w)));
   for (const id of ["screen", "emulator", "diff"]) {
     const c = $(id);
     c.width = w; c.height = h;
