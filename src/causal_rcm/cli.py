@@ -130,7 +130,7 @@ def _generate(a):
     from .stream.bundle import Bundle
     from .stream.sample import sample_videos
     from .stream.sampling import with_overrides
-    from .worlds.registry import make_world
+    from .worlds.registry import choose_prompts, make_world
     from .worlds.samples import load_samples, save_samples
 
     out = Path(a.out)
@@ -155,22 +155,7 @@ def _generate(a):
     sampling = with_overrides(bundle.sampling, steps=a.steps, cfg=a.cfg, shift=a.shift, steps_first=a.steps_first)
     world = make_world(bundle.world_or_raise())
     n = len(actions) if actions is not None else (len(start["videos"]) if start is not None else a.n)
-    if a.unconditional:
-        prompts = [""] * n
-    elif a.prompt is not None:
-        prompts = [a.prompt] * n
-    elif not world.prompts():
-        prompts = [""] * n
-    elif a.per_prompt:
-        prompts = [p for p in world.eval_prompts(max(1, n // a.per_prompt)) for _ in range(a.per_prompt)]
-    else:
-        ps = world.prompts()
-        prompts = [ps[i % len(ps)] for i in range(n)]
-    if world.prompts():
-        bad = sorted({p for p in prompts if p and p not in world.prompts()})
-        if bad:
-            raise ValueError(f"prompt {bad[0]!r} is not a {world.config.name} {world.config.variant} prompt; valid: "
-                             + ", ".join(repr(x) for x in world.prompts()))
+    prompts = choose_prompts(world, n, a.prompt, a.per_prompt, a.unconditional)
     if start is not None:
         if actions is None:
             actions = start.get("actions")
@@ -252,35 +237,15 @@ def _export(a):
 
 
 def _play(a):
-    from .serve.app import bind, serve
-    from .serve.link import WorkerPool
+    from .serve.app import play
     from .serve.options import PlayOptions
 
     _positive("window", a.window)
     _positive("sink", a.sink, allow_zero=True)
     _positive("max-players", a.max_players)
     _positive("threads", a.threads)
-    if not 0 <= a.port <= 65535:
-        raise ValueError(f"--port must lie in 0..65535, got {a.port}")
-    opts = PlayOptions(fps=a.fps, window=a.window, sink=a.sink, side_by_side=a.side_by_side,
-                       max_players=a.max_players, device=a.device, threads=a.threads)
-    if not Path(a.ckpt).is_file():
-        raise FileNotFoundError(f"--ckpt {a.ckpt}: no such bundle file (a .safetensors from train or export)")
-    sock = bind(a.host, a.port)  # a busy port fails before the model loads
-    devices = [d.strip() for d in a.device.split(",")] if a.device else [None]
-    if a.device and not all(devices):
-        raise ValueError(f"--device {a.device!r}: give a device (cpu, cuda, cuda:N) or a comma-separated list")
-    pool = WorkerPool(a.ckpt, Path(a.ckpt).name, opts, devices)  # the model loads in its worker process(es)
-    info = pool.info
-    host, port = sock.getsockname()[:2]
-    print(f"playing {a.ckpt}: {info['world']}, {info['pattern']}, window {info['window']} + sink {info['sink']} "
-          f"blocks, {opts.fps:g} fps target, on {info['device']}" + (", side by side" if info["side_by_side"] else ""))
-    print(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/  (Ctrl-C stops)", flush=True)
-    try:
-        serve(pool, sock)
-    finally:
-        pool.shutdown()
-    print("causal-rcm play: stopped", flush=True)
+    play(a.ckpt, a.host, a.port, PlayOptions(fps=a.fps, window=a.window, sink=a.sink, side_by_side=a.side_by_side,
+                                             max_players=a.max_players, device=a.device, threads=a.threads))
 
 
 def _synth(a):

@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 
 from .link import WorkerLink, WorkerPool
+from .options import PlayOptions
 from .protocol import Action, OutFrame, ProtocolError, Start, Stop, check_start, pack_frame, parse_message
 
 STATIC = Path(__file__).parent / "static"
@@ -315,3 +316,27 @@ def serve(pool: WorkerPool, sock: socket.socket, log_level: str = "warning") -> 
     asyncio.run(main())
     if pool.dead:
         raise ChildProcessError(pool.dead)
+
+
+def play(ckpt: str, host: str, port: int, opts: PlayOptions) -> None:
+    """``causal-rcm play``: bind (a busy port fails before the model loads), start one model worker per
+    device of ``opts.device`` (a comma-separated list), print the URL, serve until stopped."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must lie in 0..65535, got {port}")
+    if not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt}: no such bundle file (a .safetensors from train or export)")
+    devices = [d.strip() for d in opts.device.split(",")] if opts.device else [None]
+    if opts.device and not all(devices):
+        raise ValueError(f"--device {opts.device!r}: give a device (cpu, cuda, cuda:N) or a comma-separated list")
+    sock = bind(host, port)
+    pool = WorkerPool(ckpt, Path(ckpt).name, opts, devices)  # the model loads in its worker process(es)
+    info = pool.info
+    host, port = sock.getsockname()[:2]
+    print(f"playing {ckpt}: {info['world']}, {info['pattern']}, window {info['window']} + sink {info['sink']} "
+          f"blocks, {opts.fps:g} fps target, on {info['device']}" + (", side by side" if info["side_by_side"] else ""))
+    print(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        serve(pool, sock)
+    finally:
+        pool.shutdown()
+    print("causal-rcm play: stopped", flush=True)

@@ -59,3 +59,25 @@ def make_world(cfg: WorldConfig | dict) -> World:
     if isinstance(cfg, dict):
         cfg = WorldConfig.from_dict(cfg)
     return WORLDS[check_world(cfg).name].build(cfg)
+
+
+def choose_prompts(world: World, n: int, prompt: str | None = None, per_prompt: int | None = None,
+                   unconditional: bool = False) -> list[str]:
+    """The prompts of ``n`` samples: "" for the unconditional model or a world without prompts, ``prompt``
+    for all, ``per_prompt`` samples each of the world's evaluation prompts, or else its prompts in turn.
+    A prompt the world does not know is refused with the list of valid ones."""
+    if unconditional:
+        return [""] * n
+    if prompt is not None:
+        prompts = [prompt] * n
+    elif not world.prompts():
+        return [""] * n
+    elif per_prompt:
+        prompts = [p for p in world.eval_prompts(max(1, n // per_prompt)) for _ in range(per_prompt)]
+    else:
+        prompts = [world.prompts()[i % len(world.prompts())] for i in range(n)]
+    bad = sorted({p for p in prompts if p and p not in world.prompts()})
+    if bad and world.prompts():
+        raise ValueError(f"prompt {bad[0]!r} is not a {world.config.name} {world.config.variant} prompt; valid: "
+                         + ", ".join(repr(x) for x in world.prompts()))
+    return prompts
