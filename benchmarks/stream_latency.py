@@ -41,14 +41,15 @@ from causal_rcm.stream.realtime import realtime_frames
 from causal_rcm.stream.sampling import FewStep
 
 
-def decoder(name: str, smoke: bool):
+def decoder(name: str, smoke: bool, vae_compile: bool = False):
     if name == "none":
         return PixelCodec()
     if name == "wan_vae":
         from diffusers import AutoencoderKLWan
 
         kw = dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if smoke else {}  # else Wan2.1's
-        return WanVAECodec(AutoencoderKLWan(**kw).to("cuda", torch.bfloat16).eval())
+        vae = AutoencoderKLWan(**kw).to("cuda", torch.bfloat16).eval()
+        return WanVAECodec(vae, compile=vae_compile)  # compiled: one compilation per chunk shape, in the warm-up
     if name == "taehv":
         from causal_rcm.models.vae import TinyDecoderConfig, TinyVideoDecoder, taew2_1
 
@@ -100,7 +101,9 @@ def main():
     ap.add_argument("--patterns", default="c3-3,c1-1")
     ap.add_argument("--steps", default="1,2,4")
     ap.add_argument("--decoders", default="none,taehv,wan_vae")
+    ap.add_argument("--runs", default=None, help="pattern:steps pairs (c3-3:2,c1-1:1) instead of patterns x steps")
     ap.add_argument("--graphs", action="store_true", help="capture the per-chunk forward as a CUDA graph")
+    ap.add_argument("--vae-compile", action="store_true", help="run the Wan VAE decoder through torch.compile")
     ap.add_argument("--check-14b", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--plot", default=None)
@@ -114,17 +117,19 @@ def main():
     shape, frames, ctx_len = ((cfg.in_dim, 8, 12), 5, 8) if args.smoke else ((16, 60, 104), 21, 512)
     net = WanDiT(cfg).to("cuda", torch.bfloat16).eval().requires_grad_(False)
     ctx = torch.randn(1, ctx_len, cfg.text_dim, device="cuda", dtype=torch.bfloat16)
+    runs = ([(p, int(n)) for p, n in (r.split(":") for r in args.runs.split(","))] if args.runs else
+            [(p, int(n)) for p in args.patterns.split(",") for n in args.steps.split(",")])
     rows = []
     for dec in args.decoders.split(","):
-        codec = decoder(dec, args.smoke)
-        for pattern in args.patterns.split(","):
+        codec = decoder(dec, args.smoke, args.vae_compile)
+        for pattern, steps in runs:
             if pattern == "c3-3" and (frames - 3) % 3:
                 continue
-            for steps in (int(s) for s in args.steps.split(",")):
-                r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs))
-                rows.append(r)
-                print(r, flush=True)
-    meta = dict(preset="tiny" if args.smoke else "wan2.1-1.3b", latent_frames=frames, graphs=args.graphs)
+            r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs))
+            rows.append(r)
+            print(r, flush=True)
+    meta = dict(preset="tiny" if args.smoke else "wan2.1-1.3b", latent_frames=frames, graphs=args.graphs,
+                vae_compile=args.vae_compile)
     if args.check_14b:
         del net
         torch.cuda.empty_cache()
