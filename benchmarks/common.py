@@ -31,14 +31,18 @@ def time_ms(fn, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def write_result(out: str | Path, rows: list[dict], columns: list[tuple[str, str, int, str]], **meta) -> None:
-    """Write {device, torch, **meta, rows} to ``out`` as JSON and print the rows as a table.
-    ``columns``: (row key, header, width, format spec); text columns align left, numbers right."""
+def write_result(out: str | Path, rows: list[dict], columns: list[tuple[str, str, int, str]], show: bool = True,
+                 **meta) -> None:
+    """Write {device, torch, **meta, rows} to ``out`` as JSON and print the rows as a table (``show``).
+    ``columns``: (row key, header, width, format spec); text columns align left, numbers right. Benchmarks
+    call it with ``show=False`` after each row too, so a run cut short still leaves the rows it measured."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"  # CPU rows name it in meta
     result = dict(device=device, torch=torch.__version__, **meta, rows=rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if not show:
+        return
 
     def cell(text, width, spec):
         return f"{text:{'<' if spec == 's' else '>'}{width}s}"

@@ -154,6 +154,42 @@ def test_static_cache_stream_equals_the_dynamic_stream(tiny_model, how, policy):
     assert (out[0] - out[1]).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("policy", [KVPolicy(), KVPolicy(2, 1)])
+def test_a_new_stream_reusing_a_finished_ones_static_cache_is_a_fresh_stream(tiny_model, policy):
+    """``start(reuse=old)`` takes over a finished stream's static cache (and graphs): another prompt and seed
+    give exactly the video a fresh static stream gives, and the dynamic stream's up to rounding; the cache
+    attends to its visible prefix only (the layout grows, then stays once the cache is full)."""
+    g = torch.Generator().manual_seed(1)
+    ctx_a, ctx_b = torch.randn(2, 5, TINY.text_dim, generator=g), torch.randn(2, 5, TINY.text_dim, generator=g)
+    C, _, H, W = SHAPE
+    T = 9
+    how = FewStep("c1-4", 2, 2, context="noisy")
+    kw = dict(policy=policy, max_frames=None if policy.window else T)
+    with torch.no_grad():
+        static = Engine(tiny_model, how, (C, H, W), static=True, **kw)
+        first = static.start(ctx_a, None, Noise(3, [0, 1], "cpu"))
+        stream(static, first, T)
+        cache = first.cache
+        layouts = []
+        second = static.start(ctx_b, None, Noise(4, [0, 1], "cpu"), reuse=first)
+        assert second.cache is cache and first.cache is None  # taken over; the old state cannot step
+        out = []
+        while second.frame < T:
+            static._prepare(second)
+            layouts.append(second.cache.layout)
+            out.append(static.step(second)[0])
+        reused = torch.cat(out, dim=2)
+        fresh = stream(static, static.start(ctx_b, None, Noise(4, [0, 1], "cpu")), T)
+        dynamic = Engine(tiny_model, how, (C, H, W), **kw)
+        ref = stream(dynamic, dynamic.start(ctx_b, None, Noise(4, [0, 1], "cpu")), T)
+    assert torch.equal(reused, fresh)
+    assert (reused - ref).abs().max() <= 1e-5
+    visible = [v for v, _ in layouts]
+    assert visible == sorted(visible) and visible[-1] <= cache.capacity
+    assert layouts[0] == (cache.frame_tokens, False)  # block 0 sees its own frame: dense attention
+    assert layouts[1][1]  # c1-4: block 0 (1 frame) leaves its 4-frame slot partly empty: masked from then on
+
+
 def test_realtime_frames_hand_over_every_block_of_the_stream(tiny_model):
     """The real-time loop (decode per block, frames out at once) delivers the stream's own frames."""
     from causal_rcm.stream.realtime import realtime_frames

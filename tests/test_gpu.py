@@ -54,7 +54,9 @@ def test_fused_norm_rope_path_matches_plain():
 @pytest.mark.gpu
 def test_graph_captured_stream_equals_eager():
     """Engine(graphs=True) replays one captured per-chunk forward; its frames equal the eager static stream's
-    and the dynamic stream's (bf16 autocast, so up to rounding)."""
+    and the dynamic stream's: in fp32 (TF32 off) up to kernel rounding, under bf16 autocast within bf16's
+    rounding of a 12-block stream (relative Frobenius error; the three paths use different attention kernels,
+    so bf16 rounding differences compound over the blocks)."""
     from causal_rcm.kv_policy import KVPolicy
     from causal_rcm.stream.engine import Engine, Noise, stream
     from causal_rcm.stream.sampling import FewStep
@@ -62,10 +64,17 @@ def test_graph_captured_stream_equals_eager():
     torch.manual_seed(0)
     net = randomize_(WanDiT(TINY)).cuda().eval()
     ctx = torch.randn(2, 5, TINY.text_dim, device="cuda")
-    out = []
-    for kw in (dict(), dict(static=True), dict(graphs=True)):
-        engine = Engine(net, FewStep("c1-1", 2, 2), (TINY.in_dim, 6, 10), policy=KVPolicy(3, 1), **kw)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            out.append(stream(engine, engine.start(ctx, None, Noise(1, [0, 1], "cuda")), 12).float())
-    assert (out[0] - out[1]).abs().max() < 2e-2
-    assert (out[1] - out[2]).abs().max() < 2e-2
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            out = []
+            for kw in (dict(), dict(static=True), dict(graphs=True)):
+                engine = Engine(net, FewStep("c1-1", 2, 2), (TINY.in_dim, 6, 10), policy=KVPolicy(3, 1), **kw)
+                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    out.append(stream(engine, engine.start(ctx, None, Noise(1, [0, 1], "cuda")), 12).float())
+            for other in out[1:]:
+                rel = ((other - out[0]).norm() / out[0].norm()).item()
+                assert rel < tol, (dtype, rel)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32

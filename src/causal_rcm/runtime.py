@@ -28,6 +28,19 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def to_device(t: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t.to(device, dtype)`` without a host sync: a CPU tensor bound for CUDA goes through pinned memory
+    with a non-blocking copy (a copy from pageable memory waits for every kernel queued before it, so the
+    host could no longer run ahead of the GPU). The caching host allocator keeps the pinned buffer until
+    the copy is done, so the caller may drop ``t`` at once."""
+    device = torch.device(device) if device is not None else t.device
+    if dtype is not None and t.dtype != dtype and t.device.type == "cpu":
+        t = t.to(dtype)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device, dtype) if dtype is not None else t.to(device)
+
+
 def autocast_for(device: torch.device, precision: str = "bf16"):
     """bf16 (or fp16) autocast on CUDA; CPUs run fp32."""
     if device.type == "cuda" and precision in ("bf16", "fp16"):

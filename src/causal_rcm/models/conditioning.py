@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..runtime import to_device
+
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
@@ -119,7 +121,7 @@ class Actions:
         return Actions(self.features[:, start:end], self.valid[:, start:end])
 
     def to(self, device) -> "Actions":
-        return Actions(self.features.to(device), self.valid.to(device))
+        return Actions(to_device(self.features, device), to_device(self.valid, device))
 
     @staticmethod
     def cat(items: list["Actions"], dim: int = 0) -> "Actions":
@@ -164,7 +166,9 @@ def encode_actions(groups, num_actions: int, device=None) -> Actions:
         raise ValueError(f"actions must lie in 0..{num_actions - 1}, got {int(g.min())}..{int(g.max())}")
     B, F, s = g.shape
     onehot = torch.nn.functional.one_hot(g.clamp(min=0), num_actions).float() * (g >= 0)[..., None]
-    return Actions(onehot.reshape(B, F, s * num_actions).to(device), (g >= 0).all(-1).to(device))
+    if device is None:
+        return Actions(onehot.reshape(B, F, s * num_actions), (g >= 0).all(-1))
+    return Actions(to_device(onehot.reshape(B, F, s * num_actions), device), to_device((g >= 0).all(-1), device))
 
 
 class ActionEmbedding(nn.Module):

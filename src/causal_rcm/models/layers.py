@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import jvp
 
+from ..runtime import to_device
+
 
 def fp32(x: torch.Tensor) -> torch.Tensor:
     """At least fp32: low-precision tensors go up to fp32, fp64 (tests) stays fp64."""
@@ -46,7 +48,7 @@ def rope_tables(freqs: list[torch.Tensor], frame_pos: torch.Tensor, hp: int, wp:
     angles = torch.cat([axes[0][:, None, None].expand(nf, hp, wp, -1),
                         axes[1][None, :, None].expand(nf, hp, wp, -1),
                         axes[2][None, None, :].expand(nf, hp, wp, -1)], dim=-1).reshape(nf * hp * wp, -1)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+    return to_device(angles.cos().float(), device), to_device(angles.sin().float(), device)  # no host sync
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,14 @@ context write overwrites). Keys are stored after RoPE at absolute positions, as 
 
 Everything that changes from block to block (the slot's token indices, the key mask, the RoPE tables) lives
 in fixed buffers filled by ``prepare(block, ...)`` outside the captured region; the forward itself only
-writes into and reads from fixed addresses, so a graph captured for one block replays for any later one.
-The same path runs eagerly and equals the dynamic cache's output up to rounding (tests).
+writes into and reads from fixed addresses. Attention reads only the *visible prefix* of the slots: the
+slots up to the last one the block sees (``layout``: its token count, and whether a key mask is needed for
+holes inside it: partly filled or invisible slots). Until a stream's cache is full the prefix grows; from
+then on (every slot visible, a ring in steady state) it stays the same, so a graph captured for one layout
+replays for every later block with that layout: a handful of captures per engine, and dense attention over
+exactly the keys a full-length cache holds. The same path runs eagerly and equals the dynamic cache's
+output up to rounding (tests). ``reset()`` empties the cache for a new stream and keeps every buffer, so a
+new stream can replay the graphs captured for the last one (``Engine.start(..., reuse=old_state)``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 from ..kernels.attention import attention
 from ..kv_policy import FULL, KVPolicy
 from ..masks import ChunkPattern
+from ..runtime import to_device
 
 
 class StaticKVCache:
@@ -42,6 +49,12 @@ class StaticKVCache:
         self.next_frame = 0
         self.cross = None
         self.prepared: int | None = None           # the block the buffers describe
+        self.layout: tuple[int, bool] = (0, False)  # (visible prefix in tokens, whether holes need the key mask)
+
+    def reset(self) -> None:
+        """Empty the cache for a new stream of the same shape: bookkeeping only, every buffer (and so every
+        graph captured over them) is kept. The new stream's prompt K/V go into ``cross`` in place."""
+        self.filled, self.next_frame, self.prepared, self.layout = {}, 0, None, (0, False)
 
     @property
     def next_block(self) -> int:
@@ -76,8 +89,11 @@ class StaticKVCache:
                 mask[slot * self.slot_tokens: slot * self.slot_tokens + (je - js) * self.frame_tokens] = True
         base = self.slot_of(b) * self.slot_tokens
         mask[base: base + n] = True
-        self.key_mask.copy_(mask)
-        self.write_index[:n].copy_(torch.arange(base, base + n))
+        visible = int(mask.nonzero().max()) + 1
+        self.layout = (visible, not bool(mask[:visible].all()))
+        # pinned, non-blocking copies: preparing a block does not wait for the GPU to finish the last one
+        self.key_mask.copy_(to_device(mask, device), non_blocking=True)
+        self.write_index[:n].copy_(to_device(torch.arange(base, base + n), device), non_blocking=True)
         cos, sin = model.rope(torch.arange(s, e), hp, wp, device)
         self.rope_cos[:n].copy_(cos)
         self.rope_sin[:n].copy_(sin)
@@ -124,7 +140,9 @@ class StaticView:
         idx = c.write_index[: self.tokens]
         c.k[layer].index_copy_(2, idx, k_new.to(c.k.dtype))
         c.v[layer].index_copy_(2, idx, v_new.to(c.v.dtype))
-        return attention(q, c.k[layer].to(q.dtype), c.v[layer].to(q.dtype), key_mask=c.key_mask, backend=backend)
+        visible, holes = c.layout
+        k, v = c.k[layer, :, :, :visible].to(q.dtype), c.v[layer, :, :, :visible].to(q.dtype)
+        return attention(q, k, v, key_mask=c.key_mask[:visible] if holes else None, backend=backend)
 
     def commit(self) -> None:
         if self.write:

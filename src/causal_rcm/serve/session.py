@@ -62,7 +62,9 @@ class Game:
         self.frame_size = (bundle.world.size, bundle.world.size)
         self.window = options.window or fit_window(self.pattern, T, options.sink)
         self.policy = KVPolicy(self.window, options.sink)
-        self.engine = bundle.engine(self.policy)
+        if options.graphs and bundle.device.type != "cuda":
+            raise ValueError("--graphs replays CUDA graphs: it needs --device cuda")
+        self.engine = bundle.engine(self.policy, graphs=options.graphs)
         self.stride = bundle.codec.temporal_stride
         self.n_actions = bundle.net.cfg.action_dim // self.stride
         if self.n_actions and self.n_actions != len(self.world.action_names):
@@ -122,7 +124,7 @@ class Player:
         """Run the pending start: a fresh stream (and emulator), then ``ready``; errors go to the client."""
         m, self.pending = self.pending, None
         g, b = self.game, self.game.bundle
-        self.state, self.index = None, 0
+        old, self.state, self.index = self.state, None, 0  # the last stream's buffers and graphs are reused
         dev = b.device
         prompts = g.world.prompts()
         prompt = m.prompt or (prompts[m.seed % len(prompts)] if prompts else "")
@@ -140,7 +142,7 @@ class Player:
                               png(f) if self.side_by_side else None, now + k / g.options.fps)
                      for k, f in enumerate(frames)]
         with torch.no_grad(), autocast_for(dev):
-            self.state = g.engine.start(ctx, ctx_u, Noise(m.seed, [0], dev), prefill, prefill_actions)
+            self.state = g.engine.start(ctx, ctx_u, Noise(m.seed, [0], dev), prefill, prefill_actions, reuse=old)
         self.index = len(first)
         self._notify({"type": "ready", "seed": m.seed, "prompt": prompt, "frame": 0,
                       "side_by_side": self.side_by_side, "actions": list(g.world.action_names),

@@ -32,6 +32,7 @@ from ..kv_policy import FULL, KVPolicy
 from ..masks import ChunkPattern
 from ..models.conditioning import Actions
 from ..models.kv_cache import KVCache
+from ..runtime import to_device
 from .codec import PixelCodec, VideoCodec
 from .sampling import EulerCFG, FewStep
 
@@ -50,7 +51,7 @@ class Noise:
         for j, i in enumerate(self.ids):
             s = int(np.random.SeedSequence([self.seed, i, *tag]).generate_state(1)[0])
             out[j] = torch.randn(shape, generator=torch.Generator().manual_seed(s))
-        return out.to(self.device, self.dtype)
+        return to_device(out, self.device, self.dtype)  # no host sync per draw
 
 
 def few_step_block(v_of, eps, times: list[float], draw, n_steps: int | None = None, write_last: bool = False,
@@ -112,15 +113,24 @@ class Engine:
         self.guided = isinstance(sampling, EulerCFG) and sampling.cfg != 1.0
 
     def start(self, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise,
-              prefill: torch.Tensor | None = None, prefill_actions: Actions | None = None) -> StreamState:
-        """A fresh stream; ``prefill`` [B, C, f, H, W] (the first block's frames) is written as clean context."""
+              prefill: torch.Tensor | None = None, prefill_actions: Actions | None = None,
+              reuse: StreamState | None = None) -> StreamState:
+        """A fresh stream; ``prefill`` [B, C, f, H, W] (the first block's frames) is written as clean context.
+        ``reuse``: a stream of this engine that is over; the new one takes its static cache and captured graphs
+        (same batch and prompt length; otherwise, or without a static cache, it is ignored). Never pass a
+        stream that is still being stepped."""
         guided = self.guided and ctx_uncond is not None
         C, H, W = self.latent_shape
-        cache = self.net.new_cache(self.net.frame_tokens(H, W), self.pattern, self.policy, self.max_frames,
-                                   static=self.static)
-        state = StreamState(cache, torch.cat([ctx, ctx_uncond]) if guided else ctx, noise,
-                            codec_state=self.codec.init_state(ctx.shape[0]))
-        if self.graphs:
+        rows = torch.cat([ctx, ctx_uncond]) if guided else ctx
+        cache, graphed = self._reusable(reuse, rows)
+        if cache is None:
+            cache = self.net.new_cache(self.net.frame_tokens(H, W), self.pattern, self.policy, self.max_frames,
+                                       static=self.static)
+        state = StreamState(cache, rows, noise, codec_state=self.codec.init_state(ctx.shape[0]))
+        if graphed is not None:
+            graphed.ctx = rows
+            state.graphed = graphed
+        elif self.graphs:
             from .graphs import GraphedVelocity
 
             state.graphed = GraphedVelocity(self.net, cache, state.ctx)
@@ -132,6 +142,21 @@ class Engine:
             self._write(state, prefill, torch.zeros(prefill.shape[0], device=prefill.device), prefill_actions)
             state.block = 1
         return state
+
+    def _reusable(self, old: StreamState | None, rows: torch.Tensor):
+        """(cache, graphs) of a finished stream that a new one with context ``rows`` can take over, reset and
+        holding the new prompt's cross-attention K/V in place (the graphs read those addresses); else Nones."""
+        if old is None or not self.static or getattr(old.cache, "reset", None) is None:
+            return None, None
+        if old.ctx.shape != rows.shape or old.cache.cross is None:
+            return None, None
+        cache, graphed = old.cache, old.graphed
+        cache.reset()
+        for (k, v), (nk, nv) in zip(cache.cross, self.net.context_kv(rows)):
+            k.copy_(nk)
+            v.copy_(nv)
+        old.graphed, old.cache = None, None  # the old state can no longer step
+        return cache, graphed
 
     def _rows(self, state: StreamState, x: torch.Tensor, actions: Actions | None):
         """The batch the network sees: guided streams stack the unconditional rows (no action) below."""

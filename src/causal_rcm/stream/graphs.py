@@ -3,9 +3,11 @@
 With the static-shape KV cache (``models/static_cache.py``) a chunk's forward reads and writes fixed addresses
 only: the input chunk, its time, the prompt's cross-attention K/V, the cache buffers and the per-block
 buffers ``prepare`` fills outside the graph. ``GraphedVelocity`` captures ``net.velocity`` for each input
-shape it meets (the first block, with its own frame count, runs eagerly) and replays it after copying the
-inputs in; the eager path computes the same thing and is the fallback where CUDA graphs are unavailable.
-A context write (``write=True``) replays the same graph and then records the block in the cache.
+shape and cache layout it meets (the visible prefix of the cache grows until the cache is full, then stays:
+a handful of captures; the first block, with its own frame count, runs eagerly) and replays it after
+copying the inputs in; the eager path computes the same thing and is the fallback where CUDA graphs are
+unavailable. A context write (``write=True``) replays the same graph and then records the block in the
+cache. The captures outlive a stream: ``Engine.start(..., reuse=old_state)`` hands them to the next one.
 """
 from __future__ import annotations
 
@@ -56,7 +58,7 @@ class GraphedVelocity:
                  write: bool = False) -> torch.Tensor:
         """v for the prepared block: replayed (captured on first use of this shape); the result is a fixed
         buffer the next call overwrites, so callers consume it first."""
-        key = (tuple(x.shape), tuple(t.shape), actions is not None)
+        key = (tuple(x.shape), tuple(t.shape), actions is not None, self.cache.layout)
         if key not in self.graphs:
             self.graphs[key] = self._capture(x, t, actions)
         g = self.graphs[key]

@@ -1,0 +1,51 @@
+"""The ``causal-rcm`` command line. Each sub-command is a thin wrapper over a library call.
+
+Every expected failure (bad input, a missing or corrupt file, a diverged run, Ctrl-C) ends with one line that
+names the fix and a non-zero exit code; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+
+from .parser import build_parser
+
+__all__ = ["main", "build_parser"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may sit anywhere among the options of `train` / `config`
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + overrides
+        extra = [e for e in extra if e not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.debug:
+        args.fn(args)
+        return 0
+    from ..train.loop import Interrupted
+
+    prog = f"causal-rcm {args.command}"
+    try:
+        args.fn(args)
+    except Interrupted as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written that is not complete", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            print(f"{prog}: error: out of memory ({str(e).splitlines()[0][:120]}); lower the batch "
+                  "(train.batch=..., eval.batch=...) or the model size", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
