@@ -77,3 +77,27 @@ def test_teacher_continues_from_a_bundle(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert main(["train", "teacher", "--preset", "blob-s", "train.steps=1",
                  f"init={first / 'teacher.safetensors'}", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_a_world_model_starts_from_an_action_free_teacher(tmp_path):
+    """An agent teacher initialised from a text-to-video teacher (METHOD.md §7): the init's weights and text
+    encoder (whose vocabulary covers the agent world's prompts) come over unchanged, the new action embedding
+    starts at zero (lr = 0 keeps it there), and the world model answers actions."""
+    t2v, agent = tmp_path / "t2v", tmp_path / "agent"
+    assert main(["train", "teacher", "--preset", "blob-tiny", "train.steps=1", "train.batch=2",
+                 "--out", str(t2v)]) == 0
+    assert main(["train", "teacher", "--preset", "blob-tiny", "world.variant=agent", "train.steps=1",
+                 "train.batch=2", "train.lr=0", f"init={t2v / 'teacher.safetensors'}", "--out", str(agent)]) == 0
+    a, b = (Bundle.load(p / "teacher.safetensors") for p in (t2v, agent))
+    assert b.net.cfg.action_dim > 0 and b.text_encoder.cfg.vocab == a.text_encoder.cfg.vocab
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # zero-initialised action embedding: with any actions the world model's velocity is the init's
+    from causal_rcm.models.conditioning import encode_actions
+
+    x, t = torch.randn(2, 3, 9, 16, 16), torch.rand(2)
+    ctx, _ = a.contexts(["a red ball", "no ball"])
+    acts = encode_actions(torch.randint(0, b.net.cfg.action_dim, (2, 9, 1)), b.net.cfg.action_dim)
+    with torch.no_grad():
+        v_a, v_b = a.net(x, t, ctx), b.net(x, t, ctx, actions=acts)
+    assert v_a.abs().max() > 0 and (v_a - v_b).abs().max() <= 1e-5 * v_a.abs().max()

@@ -23,7 +23,7 @@ if [[ -n ${TINY:-} ]]; then
   AG_WORLD=(world.variant=agent world.frames=$FRAMES_AG); AT_EXTRA=(train.batch=2); TEACHER=${TEACHER:-}
   P11=c1-1; P33=c1-4
 else
-  AG=blob-s; AT=atari; FRAMES_AG=21; FRAMES_AT=12; N_AT=2048; N_SYN=1024; WORKERS=12; EV=(--prompts 16 --per-prompt 8)
+  AG=blob-s; AT=atari; FRAMES_AG=21; FRAMES_AT=12; N_AT=2048; N_SYN=1024; WORKERS=12; EV=(--prompts 8 --per-prompt 8)
   AG_WORLD=(world.variant=agent); AT_EXTRA=(); TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
   P11=c1-1; P33=c3-3
 fi
@@ -81,14 +81,18 @@ if [[ -z ${SKIP_TRAIN:-} ]]; then  # SKIP_TRAIN=1: pack and score what $RUN hold
 fi
 cat "$RUN/agent.out" "$RUN/atari.out"
 
-# ----- pack the bundles and logs before scoring, so a call cut short still brings them back --------------
+# ----- pack the bundles to ship and every log before scoring, so a call cut short still brings them back.
+# What comes back from a call is at most 8 files of 16 MiB: the shipped bundles only (bf16), the rest is
+# scored here and its tables come back instead -------------------------------------------------------------
+SHIP=(ag_teacher "ag_tf_scm_$P33" "ag_sf_dmd_$P33" "ag_sf_dmd_$P11" at_teacher "at_sf_dmd_$P11" "at_sf_dmd_$P33")
 for d in "$RUN"/*/; do
   name=$(basename "$d")
   [[ $name == pack ]] && continue
+  cp_if "$d/metrics.jsonl" "$RUN/pack/$name.metrics.jsonl"
+  [[ " ${SHIP[*]} " == *" $name "* ]] || continue
   for f in teacher model; do
     [[ -f $d/$f.safetensors ]] && crm export "$d/$f.safetensors" --dtype bf16 --out "$RUN/pack/$name.safetensors" > /dev/null
   done
-  cp_if "$d/metrics.jsonl" "$RUN/pack/$name.metrics.jsonl"
 done
 for f in "$RUN"/*.log; do quiet 3 < "$f" > "$RUN/pack/$(basename "$f")"; done
 tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/world_models.tar.part-"

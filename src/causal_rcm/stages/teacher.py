@@ -108,6 +108,17 @@ def build_teacher(cfg: TeacherConfig) -> tuple[WanDiT, WorldTextEncoder]:
     return net, text
 
 
+def _init_text_encoder(have: TextEncoderConfig, want: TextEncoderConfig, init: str) -> WorldTextEncoder:
+    """The text encoder a run started from ``init`` trains: the init's own, whose vocabulary may be a superset
+    of this world's (the Blobworld-agent prompts use all but one word of the text-to-video world's)."""
+    missing = sorted(set(want.vocab) - set(have.vocab))
+    if missing or dataclasses.replace(have, vocab=want.vocab) != want:
+        why = f"lacks the words {missing}" if missing else "has another size"
+        raise ValueError(f"init={init}: its text encoder {why}; start this world from scratch or from a "
+                         "teacher of a world with the same prompts")
+    return WorldTextEncoder(have)
+
+
 def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = None) -> Path:
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
@@ -116,9 +127,9 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
     net, text = build_teacher(cfg)
     if cfg.init:
         start = load_bundle_for(cfg.init, "init", "cpu")
-        same = dataclasses.replace(start.net.cfg, action_dim=net.cfg.action_dim) == net.cfg
-        if not same or start.text_encoder.cfg != text.cfg:
-            raise ValueError(f"init={cfg.init} holds a different model or text encoder than this config")
+        if dataclasses.replace(start.net.cfg, action_dim=net.cfg.action_dim) != net.cfg:
+            raise ValueError(f"init={cfg.init} holds a different model than this config")
+        text = _init_text_encoder(start.text_encoder.cfg, text.cfg, cfg.init)
         # an action-free teacher starts a world model: its new action embedding stays at zero (METHOD.md §7)
         missing = net.load_state_dict(start.net.state_dict(), strict=False).missing_keys
         if any(not k.startswith("action_embedding.") for k in missing):
