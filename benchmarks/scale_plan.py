@@ -88,15 +88,17 @@ def plan_row(method: str, ac: str, model: str, world: int, ms_1p3b: float, peak_
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tf", required=True, help="tf_iteration.py JSON (wan2.1-1.3b, batch 1)")
+    ap.add_argument("--tf", required=True, action="append", help="tf_iteration.py JSON (wan2.1-1.3b, batch 1); "
+                    "repeat for several activation-checkpointing settings")
     ap.add_argument("--sf", default=None, help="sf_dmd_iteration.py JSON (wan2.1-1.3b, batch 1)")
     ap.add_argument("--gpus", default="8,64")
     ap.add_argument("--out", default="results/scale_plan.json")
     args = ap.parse_args()
     measured = []
-    tf = json.loads(Path(args.tf).read_text())
-    for r in tf["rows"]:
-        measured.append((r["method"], tf.get("ac", "?"), r["ms"], r["peak_gib"], NETS[r["method"]]))
+    for path in args.tf:
+        tf = json.loads(Path(path).read_text())
+        for r in tf["rows"]:
+            measured.append((r["method"], tf.get("ac", "?"), r["ms"], r["peak_gib"], NETS[r["method"]]))
     if args.sf:
         sf = json.loads(Path(args.sf).read_text())
         for r in sf["rows"]:

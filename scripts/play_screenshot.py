@@ -1,7 +1,7 @@
 """A screenshot of the play page mid-game (docs/play.png): serve a bundle, open the page in headless
 Chromium, start, hold a few keys, save the page.
 
-    python scripts/play_screenshot.py --ckpt tests/assets/blob-agent-c1-1.safetensors --out docs/play.png
+    python scripts/play_screenshot.py --ckpt BLOB_AGENT_STUDENT.safetensors --out docs/play.png
     python scripts/play_screenshot.py --ckpt PONG.safetensors --side-by-side --keys ArrowUp,ArrowDown --out ...
 
 Uses Debian's chromium through playwright (never `playwright install`).

@@ -2,7 +2,7 @@
 bundle out for many frames exactly as the play server does (``serve/session.Player``, sticky random keys),
 cut the stream into clips of the trained length and score each clip with the world's metrics.
 
-    python scripts/play_window.py --ckpt tests/assets/blob-agent-c1-1.safetensors --frames 300 \\
+    python scripts/play_window.py --ckpt BLOB_AGENT_STUDENT.safetensors --frames 300 \\
         --policy 8:1 --policy 9:0 --policy 4:1 --out results/play_window_cpu.json
 
 ``--policy W:S`` is a window of W blocks with S sink blocks (repeatable). Prints, per policy, the metrics of

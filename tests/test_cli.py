@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,8 @@ def test_generate_refuses_bad_input_with_one_line(bundles, tmp_path, capsys):
     ]
     if not torch.cuda.is_available():
         cases.append((["--ckpt", s, "--out", out, "--device", "cuda"], "no CUDA GPU", "--device cpu"))
+    if Path("/proc/self").is_dir():  # a folder that refuses new files whatever its mode bits say (even to root)
+        cases.append((["--ckpt", s, "--out", "/proc/x.npz"], "/proc refuses new files", "another path"))
     for args, *expected in cases:
         one_line_error(capsys, ["generate", *args], *expected)
         assert not (tmp_path / "x.npz").exists() and not list(tmp_path.glob("x.*"))

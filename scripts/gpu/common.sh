@@ -1,5 +1,12 @@
-# Sourced by the scripts in scripts/gpu/ (run from the repository root on the device machine).
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+# Sourced by the scripts in scripts/gpu/ (run from the repository root on the device machine): $OUT exists,
+# the carried wheels (.whl/: diffusers, ale-py, the play server's packages) are installed into /tmp/site.
+set -uo pipefail
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl > /dev/null 2>&1; then
+  pip install -q --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | grep -v "^WARNING: Running pip" | tail -2
+fi
+export PYTHONPATH=src:/tmp/site PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 crm() { python -m causal_rcm.cli "$@"; }
 cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
 # progress bars off, last lines kept (an empty result is not an error under pipefail)

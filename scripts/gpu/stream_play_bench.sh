@@ -6,14 +6,7 @@
 #   3. the streaming latency protocol at Wan2.1-1.3B (random weights, 832x480, 21 latent frames), eager and
 #      with the per-chunk forward captured as a CUDA graph, and the 14B memory check.
 #   OUT=out bash scripts/gpu/stream_play_bench.sh
-set -uo pipefail
-OUT=${OUT:-out}
-mkdir -p "$OUT"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  pip install -q --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
-fi
 source scripts/gpu/common.sh
-export PYTHONPATH=${PYTHONPATH}:/tmp/site
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/progress.txt"; }
 step() {  # step NAME LIMIT command...: its log in $OUT, its last lines on stdout
   local name=$1 limit=$2; shift 2
@@ -28,6 +21,9 @@ step play 110 python benchmarks/play_latency.py --device cuda --fps 60 --seconds
     --ckpt /tmp/play_bundles/atari-c1-1.safetensors --ckpt /tmp/play_bundles/atari-c3-3.safetensors \
     --ckpt /tmp/play_bundles/blob-agent-c1-1.safetensors --ckpt /tmp/play_bundles/blob-agent-c3-3.safetensors \
     --out "$OUT/play_latency_gpu.json"
+step play_graphs 60 python benchmarks/play_latency.py --device cuda --fps 60 --seconds 8 --warmup 2 --server-arg=--graphs \
+    --ckpt /tmp/play_bundles/atari-c1-1.safetensors --ckpt /tmp/play_bundles/blob-agent-c1-1.safetensors \
+    --out "$OUT/play_latency_gpu_graphs.json"
 step stream_graphs 150 python benchmarks/stream_latency.py --graphs --vae-compile --runs c3-3:2,c1-1:1 \
     --decoders none,taehv,wan_vae --plot "$OUT/stream_latency_graphs.png" --out "$OUT/stream_latency_graphs.json"
 step stream_eager 90 python benchmarks/stream_latency.py --runs c3-3:2,c3-3:4,c1-1:1,c1-1:2 --decoders none,taehv \

@@ -6,16 +6,10 @@
 #   TINY=1 OUT=/tmp/wm_out bash scripts/gpu/world_models.sh  # the same orchestration on the CPU presets
 # Knobs: SCALE (multiplies every time limit; 1), TEACHER (the action-free teacher the agent teacher starts from),
 #   SKIP_TRAIN=1 (only pack and score what $RUN holds).
-set -uo pipefail
-OUT=${OUT:-out}
-RUN=${RUN:-/tmp/world_models}
-mkdir -p "$OUT" "$RUN/pack"
-if ls .whl/*.whl > /dev/null 2>&1; then
-  pip install -q --no-deps --no-compile --target /tmp/site .whl/*.whl 2>&1 | tail -2
-  export PYTHONPATH=/tmp/site
-fi
 source scripts/gpu/common.sh
-export PYTHONPATH=${PYTHONPATH}:/tmp/site OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+RUN=${RUN:-/tmp/world_models}
+mkdir -p "$RUN/pack"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 S=${SCALE:-1}
 lim() { python -c "print(int($1 * $S))"; }
 if [[ -n ${TINY:-} ]]; then

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -73,9 +74,22 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise ValueError(f"cannot write {what} {path}: {base} is a file, not a folder")
+    _probe(base, what, path)
+    return path
+
+
+def _probe(base: Path, what: str, path: Path) -> None:
+    """Write and remove an empty file in ``base``: the only test that holds for root and for file systems
+    that refuse writes whatever their permission bits say (/proc, read-only mounts). Leaves nothing."""
     if not os.access(base, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {what} {path}: {base} is not writable")
-    return path
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".causal-rcm-probe-")
+    except OSError as e:
+        raise ValueError(f"cannot write {what} {path}: {base} refuses new files ({e.strerror}); "
+                         "choose another path") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_dir_writable(path: str | Path, what: str = "output folder") -> Path:
@@ -86,8 +100,7 @@ def check_dir_writable(path: str | Path, what: str = "output folder") -> Path:
     base = _nearest_existing(path)
     if not base.is_dir():
         raise ValueError(f"cannot write {what} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {what} {path}: {base} is not writable")
+    _probe(base, what, path)
     return path
 
 
