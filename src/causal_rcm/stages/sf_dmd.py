@@ -78,7 +78,7 @@ def dmd_preset(name: str) -> DMDConfig:
         return DMDConfig(train=dataclasses.replace(base, steps=600, batch=32, lr=2e-5, warmup=20, ckpt_every=100,
                                                    eval_every=200, num_workers=0))
     if name == "blob-tiny":
-        return DMDConfig(train=dataclasses.replace(base, steps=20, batch=8, lr=5e-5, warmup=5, ckpt_every=20,
+        return DMDConfig(train=dataclasses.replace(base, steps=100, batch=8, lr=5e-5, warmup=5, ckpt_every=50,
                                                    eval_every=0, num_workers=0),
                          critic_ratio=2, eval=EvalConfig(prompts=4, per_prompt=4, batch=16))
     if name == "atari":

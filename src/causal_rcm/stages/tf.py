@@ -76,8 +76,9 @@ def tf_preset(name: str, method_name: str) -> TFConfig:
                                                               ckpt_every=500, eval_every=1000, num_workers=0))
     if name == "blob-tiny":
         return TFConfig(method=method_name, pattern="c1-4",
-                        train=TrainConfig(steps=150, batch=16, lr=5e-4 if teacher_like else 2e-4,
-                                          warmup=20, ckpt_every=150, eval_every=0, num_workers=0),
+                        train=TrainConfig(steps=400 if teacher_like else 300, batch=16,
+                                          lr=5e-4 if teacher_like else 2e-4, warmup=20, ckpt_every=100,
+                                          eval_every=0, num_workers=0),
                         sampling=Sampling(teacher_steps=16), eval=EvalConfig(prompts=4, per_prompt=4, batch=16))
     if name == "atari":
         return TFConfig(method=method_name, train=TrainConfig(steps=3000, batch=16, lr=2e-4 if teacher_like else 5e-5,
