@@ -76,8 +76,8 @@ def choose_prompts(world: World, n: int, prompt: str | None = None, per_prompt: 
         prompts = [p for p in world.eval_prompts(max(1, n // per_prompt)) for _ in range(per_prompt)]
     else:
         prompts = [world.prompts()[i % len(world.prompts())] for i in range(n)]
-    bad = sorted({p for p in prompts if p and p not in world.prompts()})
-    if bad and world.prompts():
+    bad = sorted({p for p in prompts if p and p not in world.prompts()}) if world.prompts() else []
+    if bad:
         raise ValueError(f"prompt {bad[0]!r} is not a {world.config.name} {world.config.variant} prompt; valid: "
                          + ", ".join(repr(x) for x in world.prompts()))
     return prompts
