@@ -8,7 +8,7 @@
 #   SKIP_TRAIN=1 (only pack and score what $RUN holds).
 source scripts/gpu/common.sh
 RUN=${RUN:-/tmp/world_models}
-mkdir -p "$RUN/pack"
+mkdir -p "$RUN/pack" "$RUN/tables"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 S=${SCALE:-1}
 lim() { python -c "print(int($1 * $S))"; }
@@ -76,9 +76,9 @@ fi
 cat "$RUN/agent.out" "$RUN/atari.out"
 
 # ----- pack the bundles to ship and every log before scoring, so a call cut short still brings them back.
-# What comes back from a call is at most 8 files of 16 MiB: the shipped bundles only (bf16), the rest is
-# scored here and its tables come back instead -------------------------------------------------------------
-SHIP=(ag_teacher "ag_tf_scm_$P33" "ag_sf_dmd_$P33" "ag_sf_dmd_$P11" at_teacher "at_sf_dmd_$P11" "at_sf_dmd_$P33")
+# What comes back from a call is at most 8 files of 16 MiB, 64 MiB in all: the bundles to ship (bf16: 7.8 MiB
+# for blob-s, 19 MiB for atari), the rest is scored here and its tables come back instead -----------------
+SHIP=(${SHIP:-ag_teacher "ag_tf_scm_$P33" "ag_sf_dmd_$P33" "ag_sf_dmd_$P11" "at_sf_dmd_$P11"})
 for d in "$RUN"/*/; do
   name=$(basename "$d")
   [[ $name == pack ]] && continue
@@ -97,8 +97,8 @@ log "packed $(du -sh "$RUN/pack" | cut -f1)"
 table() {  # table TAG NAME=BUNDLE...
   local tag=$1; shift
   local have=(); for item in "$@"; do [[ -f ${item#*=} ]] && have+=("$item"); done
-  python scripts/eval_table.py "${have[@]}" --steps 1,2 "${EV[@]}" --out "$OUT/table_$tag.json" 2>&1 | quiet 2
-  cat "$OUT/table_$tag.md" 2>/dev/null
+  python scripts/eval_table.py "${have[@]}" --steps 1,2 "${EV[@]}" --out "$RUN/tables/table_$tag.json" 2>&1 | quiet 2
+  cat "$RUN/tables/table_$tag.md" 2>/dev/null
 }
 table agent "teacher=$RUN/ag_teacher/teacher.safetensors" \
     "causal teacher $P33=$RUN/ag_tf_$P33/model.safetensors" "TF-sCM $P33=$RUN/ag_tf_scm_$P33/model.safetensors" \
@@ -109,4 +109,6 @@ table pong "teacher=$RUN/at_teacher/teacher.safetensors" \
     "SF-DMD $P11=$RUN/at_sf_dmd_$P11/model.safetensors" "causal teacher $P33=$RUN/at_tf_$P33/model.safetensors" \
     "TF-sCM $P33=$RUN/at_tf_scm_$P33/model.safetensors" "SF-DMD $P33=$RUN/at_sf_dmd_$P33/model.safetensors" &
 wait
+cp "$RUN"/pack/*.metrics.jsonl "$RUN"/pack/*.log "$RUN/tables/" 2>/dev/null
+tar -C "$RUN/tables" -cf "$OUT/report.tar" .   # tables, logs and training curves: one file
 log "end"

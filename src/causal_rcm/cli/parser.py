@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Atari: step the real emulator with the same keys and show it beside the model")
     pl.add_argument("--max-players", type=int, default=4, help="simultaneous sessions; more are refused")
     pl.add_argument("--threads", type=int, default=None, help="torch CPU threads of the model worker")
-    pl.add_argument("--graphs", action="store_true", help="CUDA: replay each block's forward as a CUDA graph")
+    pl.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                    help="replay each block's forward as a captured CUDA graph (default: on with a CUDA device)")
 
     s = cmd("synth", "sample a synthetic dataset from a bidirectional teacher", cmds._synth)
     s.add_argument("--teacher", required=True, help="teacher bundle (.safetensors)")

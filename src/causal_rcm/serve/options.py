@@ -15,7 +15,7 @@ class PlayOptions:
     max_players: int = 4
     device: str | None = None
     threads: int | None = None        # torch CPU threads of the model worker (None: torch's default)
-    graphs: bool = False              # CUDA: replay each block's forward as a captured CUDA graph
+    graphs: bool | None = None        # replay each block's forward as a CUDA graph; None: on a CUDA device
 
     def __post_init__(self):
         if not self.fps > 0:

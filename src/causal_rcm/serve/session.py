@@ -62,9 +62,11 @@ class Game:
         self.frame_size = (bundle.world.size, bundle.world.size)
         self.window = options.window or fit_window(self.pattern, T, options.sink)
         self.policy = KVPolicy(self.window, options.sink)
-        if options.graphs and bundle.device.type != "cuda":
+        cuda = bundle.device.type == "cuda"
+        if options.graphs and not cuda:
             raise ValueError("--graphs replays CUDA graphs: it needs --device cuda")
-        self.engine = bundle.engine(self.policy, graphs=options.graphs)
+        # launch-bound small models: graph replay cuts a c1-1 Atari frame from 34 to 5 ms on an H100 (docs/play.md)
+        self.engine = bundle.engine(self.policy, graphs=cuda if options.graphs is None else options.graphs)
         self.stride = bundle.codec.temporal_stride
         self.n_actions = bundle.net.cfg.action_dim // self.stride
         if self.n_actions and self.n_actions != len(self.world.action_names):
