@@ -11,13 +11,14 @@ RUN=${RUN:-/tmp/world_models}
 mkdir -p "$RUN/pack" "$RUN/tables"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 S=${SCALE:-1}
+read -ra TEACHER_ARGS <<< "${TEACHER_ARGS:-}"  # e.g. TEACHER_ARGS=compile=false
 lim() { python -c "print(int($1 * $S))"; }
 if [[ -n ${TINY:-} ]]; then
   AG=blob-tiny; AT=atari-tiny; FRAMES_AG=9; FRAMES_AT=5; N_AT=8; N_SYN=8; WORKERS=2; EV=(--prompts 2 --per-prompt 2 --batch 4)
   AG_WORLD=(world.variant=agent world.frames=$FRAMES_AG); AT_EXTRA=(train.batch=2); TEACHER=${TEACHER:-}
   P11=c1-1; P33=c1-4
 else
-  AG=blob-s; AT=atari; FRAMES_AG=21; FRAMES_AT=12; N_AT=2048; N_SYN=1024; WORKERS=12; EV=(--prompts 8 --per-prompt 8)
+  AG=blob-s; AT=atari; FRAMES_AG=21; FRAMES_AT=12; N_AT=${N_AT:-2048}; N_SYN=1024; WORKERS=12; EV=(--prompts 8 --per-prompt 8)
   AG_WORLD=(world.variant=agent); AT_EXTRA=(); TEACHER=${TEACHER:-assets/blob-s/teacher.safetensors}
   P11=c1-1; P33=c3-3
 fi
@@ -32,7 +33,8 @@ train() {  # train STAGE NAME PRESET LIMIT overrides...
 # ----- Blobworld-agent: teacher from the action-free teacher, synth, then c3-3 and c1-1 chains --------------
 agent() {
   local init=(); [[ -n $TEACHER ]] && init=(init="$TEACHER")
-  train teacher ag_teacher $AG 110 "${AG_WORLD[@]}" "${init[@]}" train.lr=2e-4 train.warmup=50 train.eval_every=0
+  train teacher ag_teacher $AG 110 "${AG_WORLD[@]}" "${init[@]}" train.lr=2e-4 train.warmup=50 train.eval_every=0 \
+      "${TEACHER_ARGS[@]}"
   crm synth --teacher "$RUN/ag_teacher/teacher.safetensors" --n $N_SYN --seed 0 --batch 256 --out "$RUN/ag_synth" \
       > "$RUN/ag_synth.log" 2>&1; log "done ag_synth"
   local D=(data="$RUN/ag_synth")
@@ -52,7 +54,7 @@ atari() {
   crm world sample --world atari --variant Pong --size 64 --frames $FRAMES_AT --n $N_AT --workers $WORKERS \
       --out "$RUN/at_data.npz" > "$RUN/at_data.log" 2>&1; log "done at_data: $(quiet 1 < "$RUN/at_data.log")"
   train teacher at_teacher $AT 130 data="$RUN/at_data.npz" world.frames=$FRAMES_AT "${AT_EXTRA[@]}" \
-      train.eval_every=0
+      train.eval_every=0 "${TEACHER_ARGS[@]}"
   crm synth --teacher "$RUN/at_teacher/teacher.safetensors" --data "$RUN/at_data.npz" --n $N_SYN --seed 0 \
       --batch 256 --out "$RUN/at_synth" > "$RUN/at_synth.log" 2>&1; log "done at_synth"
   local D=(data="$RUN/at_synth")
@@ -88,7 +90,7 @@ for d in "$RUN"/*/; do
     [[ -f $d/$f.safetensors ]] && crm export "$d/$f.safetensors" --dtype bf16 --out "$RUN/pack/$name.safetensors" > /dev/null
   done
 done
-for f in "$RUN"/*.log; do quiet 3 < "$f" > "$RUN/pack/$(basename "$f")"; done
+for f in "$RUN"/*.log; do quiet 40 < "$f" > "$RUN/pack/$(basename "$f")"; done
 tar -C "$RUN/pack" -cf - . | split -b 15m - "$OUT/world_models.tar.part-"
 log "packed $(du -sh "$RUN/pack" | cut -f1)"
 

@@ -36,7 +36,8 @@ def to_device(t: torch.Tensor, device, dtype: torch.dtype | None = None) -> torc
     device = torch.device(device) if device is not None else t.device
     if dtype is not None and t.dtype != dtype and t.device.type == "cpu":
         t = t.to(dtype)
-    if t.device.type == "cpu" and device.type == "cuda":
+    # (inside a torch.compile trace the copy is the graph's business: dynamo cannot trace pin_memory)
+    if t.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device, dtype) if dtype is not None else t.to(device)
 
