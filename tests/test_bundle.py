@@ -65,6 +65,21 @@ def test_damaged_bundles_are_refused(tmp_path):
         load_bundle(b.save(tmp_path / "nan.safetensors"))
 
 
+def test_a_bundle_without_a_checksum_loads_with_a_warning(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_bundle(Euler(steps=2)).save(tmp_path / "b.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata={"config": meta["config"]})
+    capsys.readouterr()
+    load_bundle(path)
+    assert "checksum" not in capsys.readouterr().out
+    load_bundle(tmp_path / "old.safetensors")  # as the bundles written before checksums: usable, but said so
+    assert "carries no checksum" in capsys.readouterr().out
+
+
 def test_sampling_values_round_trip_and_refuse_what_does_not_apply():
     for s in (Euler(10, 2.0, 3.0), EulerCFG("c3-3", 8, 3.0, 3.0, 4), FewStep("c1-1", 4, 1, context="noisy")):
         assert sampling_from_dict(to_dict(s)) == s
@@ -75,6 +90,11 @@ def test_sampling_values_round_trip_and_refuse_what_does_not_apply():
         with_overrides(FewStep(), cfg=2.0)
     with pytest.raises(ValueError, match="unknown few_step sampling keys"):
         sampling_from_dict({"method": "few_step", "stepz": 2})
+    for kw in ({"cfg": -1.0}, {"cfg": float("nan")}, {"shift": float("nan")}, {"shift": float("inf")}):
+        with pytest.raises(ValueError, match="must be a finite number"):
+            with_overrides(Euler(), **kw)
+        with pytest.raises(ValueError, match="must be a finite number"):
+            with_overrides(EulerCFG(), **kw)
 
 
 def test_causal_teacher_takes_its_own_first_chunk_steps():

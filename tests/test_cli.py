@@ -62,6 +62,9 @@ def test_generate_refuses_bad_input_with_one_line(bundles, tmp_path, capsys):
         (["--ckpt", s, "--out", str(tmp_path / "x.gif")], "names the .npz sample file", "x.npz"),
         (["--ckpt", s, "--out", out, "--prompt", ""], "--prompt is empty", "--unconditional"),
         (["--ckpt", s, "--out", out, "--n", "0"], "--n must be >= 1"),
+        (["--ckpt", s, "--out", out, "--seed", "-1"], "--seed must be >= 0"),
+        (["--ckpt", s, "--out", out, "--unconditional", "--prompt", "a red ball"], "exclude each other"),
+        (["--ckpt", t, "--out", out, "--cfg", "nan"], "cfg must be a finite number >= 0"),
         (["--ckpt", s, "--out", out, "--steps", "7"], "steps must be an integer 1..4"),
         (["--ckpt", t, "--out", out, "--steps-first", "3"], "--steps-first does not apply to a bidirectional"),
         (["--ckpt", s, "--out", out, "--cfg", "2"], "--cfg does not apply to a few-step student"),
@@ -93,15 +96,39 @@ def test_generate_writes_samples_and_media_beside_them(bundles, tmp_path, capsys
     import imageio.v3 as iio
 
     gif, mp4 = iio.imread(out.with_suffix(".gif")), iio.imread(out.with_suffix(".mp4"))
-    # the MP4 is the GIF padded to H.264's 16-pixel macro blocks, never rescaled
-    assert mp4.shape[1] >= gif.shape[1] and mp4.shape[2] >= gif.shape[2]
-    assert mp4.shape[1] - gif.shape[1] < 16 and mp4.shape[2] - gif.shape[2] < 16
+    assert mp4.shape[1:3] == gif.shape[1:3]  # the MP4 is the GIF's frames: never padded or rescaled
 
 
 def test_eval_refuses_files_that_are_not_samples(bundles, capsys):
     one_line_error(capsys, ["eval", str(bundles / "notes.txt")], "is not a .npz sample file")
     one_line_error(capsys, ["eval", str(bundles)], "is a directory")
     one_line_error(capsys, ["eval", str(bundles / "missing.npz")], "no sample file at")
+    one_line_error(capsys, ["eval", str(bundles / "notes.txt"), "--intervals", "--n-boot", "0"],
+                   "--n-boot must be >= 1")
+
+
+def test_export_writes_bundles_only(bundles, tmp_path, capsys):
+    one_line_error(capsys, ["export", str(bundles / "student.safetensors"), "--out", str(tmp_path / "s.npz")],
+                   "a bundle is a .safetensors file", "s.safetensors")
+    assert not list(tmp_path.iterdir())
+    assert main(["export", str(bundles / "student.safetensors"), "--out", str(tmp_path / "s.safetensors")]) == 0
+    assert main(["generate", "--ckpt", str(tmp_path / "s.safetensors"), "--prompt", "a red ball", "--n", "1",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+
+
+def test_debug_works_after_the_sub_command_and_bars_close_before_the_error(bundles, capsys, monkeypatch):
+    with pytest.raises(FileNotFoundError):  # --debug: the traceback instead of the one line
+        main(["eval", str(bundles / "missing.npz"), "--debug"])
+    from causal_rcm.cli import commands
+    from causal_rcm.io import progress
+
+    def fails_mid_bar(a):
+        bar = progress(total=4, desc="work")
+        bar.update(1)
+        raise ValueError("broke mid-way; do this instead")
+
+    monkeypatch.setattr(commands, "_eval", fails_mid_bar)
+    one_line_error(capsys, ["eval", "x.npz"], "broke mid-way")  # the open bar redraws before the line, not after
 
 
 def test_train_refuses_bad_settings_before_any_work(tmp_path, capsys):
@@ -113,6 +140,7 @@ def test_train_refuses_bad_settings_before_any_work(tmp_path, capsys):
         (["--preset", "blob-tiny", "train.batch=two"], "cannot parse 'two'"),
         (["--preset", "blob-tiny", "world.variant=maze"], "unknown Blobworld variant 'maze'"),
         (["--preset", "blob-tiny", "eval.per_prompt=0"], "eval.per_prompt must be an integer >= 1"),
+        (["--preset", "blob-tiny", "train.seed=-1"], "train.seed must be an integer >= 0"),
     ]
     for args, *expected in cases:
         one_line_error(capsys, ["train", "teacher", *args, "--out", str(out)], *expected)
@@ -179,6 +207,9 @@ def test_world_sample_and_run_name_the_valid_choices(tmp_path, capsys):
     one_line_error(capsys, ["world", "sample", "--world", "maze", "--out", str(tmp_path / "w.npz")],
                    "unknown world 'maze'", "atari", "blobworld")
     one_line_error(capsys, ["run", "blob-huge"], "no recipe at blob-huge", "blob-tiny")
+    one_line_error(capsys, ["world", "sample", "--seed", "-1", "--out", str(tmp_path / "w.npz")],
+                   "--seed must be >= 0")
+    assert not list(tmp_path.iterdir())  # no parts folder that would block the corrected command
     assert main(["world", "sample", "--variant", "agent", "--n", "3", "--size", "16", "--frames", "5",
                  "--out", str(tmp_path / "w.npz")]) == 0
     assert main(["eval", str(tmp_path / "w.npz")]) == 0

@@ -75,6 +75,22 @@ def test_resume_falls_back_past_a_broken_newest_checkpoint(tmp_path, capsys):
     assert latest_checkpoint(tmp_path) is None
 
 
+def test_a_deleted_newest_checkpoint_is_reported(tmp_path, capsys):
+    _run(tmp_path, steps=6, ckpt_every=2)
+    shutil.rmtree(step_dirs(tmp_path)[-1][1])  # the folder `latest` names is gone
+    capsys.readouterr()
+    assert latest_checkpoint(tmp_path) == step_dirs(tmp_path)[-1][1]
+    assert "step_00000006 (named by" in capsys.readouterr().out
+
+
+def test_a_save_cut_short_by_a_kill_leaves_nothing_behind(tmp_path):
+    _run(tmp_path, steps=2, ckpt_every=2)
+    (tmp_path / "checkpoints" / ".tmp_step_00000003").mkdir()  # killed while writing step 3
+    _run(tmp_path, steps=4, ckpt_every=2)  # resumes at 2, saves 4
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000002",
+                                                                             "step_00000004"]
+
+
 def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
     _run(tmp_path, steps=6, ckpt_every=2)
     # an older run left a later step behind; a rerun that resumes from step 2 must keep what it writes
@@ -112,7 +128,7 @@ def test_relative_clipping_only_clips_spikes():
 
 
 @pytest.mark.parametrize("key,value", [("steps", 0), ("batch", -1), ("ckpt_every", 0), ("log_every", 0),
-                                       ("lr", -1.0), ("resume", "maybe"), ("precision", "fp8")])
+                                       ("lr", -1.0), ("resume", "maybe"), ("precision", "fp8"), ("seed", -1)])
 def test_bad_settings_are_refused_before_any_work(key, value):
     with pytest.raises(ValueError, match=f"train.{key}"):
         TrainConfig(**{key: value})

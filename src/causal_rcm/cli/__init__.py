@@ -31,17 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except Interrupted as e:
+        _close_bars()
         print(f"{prog}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
+        _close_bars()
         print(f"{prog}: interrupted; nothing was written that is not complete", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        _close_bars()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         if "out of memory" in str(e).lower():
+            _close_bars()
             print(f"{prog}: error: out of memory ({str(e).splitlines()[0][:120]}); lower the batch "
                   "(train.batch=..., eval.batch=...) or the model size", file=sys.stderr)
             return 2
@@ -49,3 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _close_bars() -> None:
+    """Close the progress bars a failure left open, so that the one-line error is the last line printed (an
+    open bar redraws itself when it is collected, after the message)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

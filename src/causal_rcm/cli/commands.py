@@ -36,6 +36,7 @@ def _world_sample(a):
 
     _positive("n", a.n)
     _positive("workers", a.workers)
+    _positive("seed", a.seed, allow_zero=True)
     if Path(a.out).suffix.lower() != ".npz":
         raise ValueError(f"--out {a.out}: give the .npz sample file to write")
     check_writable(a.out, "--out")
@@ -54,6 +55,7 @@ def _eval(a):
     from ..io import finite_or_none
     from ..worlds.samples import load_samples, world_of
 
+    _positive("n-boot", a.n_boot)
     s = load_samples(a.file)
     world = world_of(s)
     context = int(s.get("context_frames", 0))
@@ -95,9 +97,10 @@ def _print_summary(run_dir: Path, bundle: Path) -> None:
     if not D.is_main():
         return
     s = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    loss = s.get("final_loss")
+    loss, sec = s.get("final_loss"), s.get("seconds", 0)
     print(f"{s.get('stage', 'run')}: {s.get('steps_done', '?')}/{s.get('steps', '?')} steps in "
-          f"{s.get('seconds', 0) / 60:.1f} min" + (f", final loss {loss:.4g}" if isinstance(loss, float) else ""))
+          + (f"{sec:.1f} s" if sec < 120 else f"{sec / 60:.1f} min")
+          + (f", final loss {loss:.4g}" if isinstance(loss, float) else ""))
     print(f"  bundle       {bundle}")
     if s.get("checkpoint"):
         print(f"  checkpoint   {s['checkpoint']}")
@@ -122,6 +125,9 @@ def _generate(a):
                          "and PNG are written beside it")
     for name in ("n", "per_prompt", "steps", "steps_first"):
         _positive(name.replace("_", "-"), getattr(a, name))
+    _positive("seed", a.seed, allow_zero=True)
+    if a.unconditional and a.prompt is not None:
+        raise ValueError("--prompt and --unconditional exclude each other; give one of them")
     if a.prompt is not None and not a.prompt.strip():
         raise ValueError("--prompt is empty; give a prompt, or --unconditional for the unconditional model")
     check_writable(out, "--out")
@@ -171,6 +177,7 @@ def _stream(a):
 
     _positive("frames", a.frames)
     _positive("window", a.window)
+    _positive("seed", a.seed, allow_zero=True)
     if a.out is not None:
         if Path(a.out).suffix.lower() != ".npz":
             raise ValueError(f"--out {a.out}: give the .npz sample file (media are written beside it)")
@@ -212,6 +219,9 @@ def _export(a):
 
     from ..io import check_writable, load_bundle, save_bundle
 
+    out = Path(a.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: a bundle is a .safetensors file (e.g. {out.with_suffix('.safetensors')})")
     check_writable(a.out, "--out")
     groups, config = load_bundle(a.ckpt)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
@@ -236,6 +246,7 @@ def _synth(a):
     from ..io import check_dir_writable
     from ..stages.synth import SynthConfig, parse_times, run_synth, synth_summary
 
+    _positive("seed", a.seed, allow_zero=True)
     check_dir_writable(a.out, "--out")
     cfg = SynthConfig(teacher=a.teacher, n=a.n, seed=a.seed, shard_size=a.shard_size, batch=a.batch,
                       steps=_positive("steps", a.steps), cfg=a.cfg, shift=a.shift, prompts_file=a.prompts,
@@ -254,6 +265,8 @@ def _paired(a):
         from ..data.synthetic import read_synthetic
 
         _positive("n", a.n)
+        _positive("steps", a.steps)
+        _positive("seed", a.seed, allow_zero=True)
         check_writable(a.out, "--out")
         d = read_synthetic(a.data)
         n = min(a.n, len(d["videos"]))

@@ -23,15 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="causal-rcm", description="Causal-rCM: few-step causal video generators",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    # --debug also after the sub-command (where users put it); SUPPRESS keeps the top-level value when absent
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)
 
     def cmd(name, help_, fn):
-        c = sub.add_parser(name, help=help_, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        c = sub.add_parser(name, help=help_, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           parents=[debug])
         c.set_defaults(fn=fn)
         return c
 
     w = sub.add_parser("world", help="built-in worlds").add_subparsers(dest="action", required=True)
-    ws = w.add_parser("sample", help="render videos from a built-in world to .npz")
+    ws = w.add_parser("sample", help="render videos from a built-in world to .npz", parents=[debug])
     ws.add_argument("--world", default="blobworld", help="blobworld or atari")
     ws.add_argument("--variant", default="t2v", help="blobworld: t2v or agent; atari: Pong or Breakout")
     ws.add_argument("--n", type=int, default=64)
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("paired", help="the paired teacher-ODE distance of few-step students").add_subparsers(
         dest="action", required=True)
-    pm = pr.add_parser("make", help="solve held-out clips with the causal teacher's ODE")
+    pm = pr.add_parser("make", help="solve held-out clips with the causal teacher's ODE", parents=[debug])
     pm.add_argument("--teacher", required=True, help="the causal teacher bundle")
     pm.add_argument("--data", required=True, help="a synthetic dataset folder (held out from training)")
     pm.add_argument("--n", type=int, default=512)
@@ -138,13 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--out", required=True, help="the targets .npz")
     pm.add_argument("--device", default=None)
     pm.set_defaults(fn=cmds._paired)
-    ps = pr.add_parser("score", help="a student's distance to the targets at 1 and 2 steps")
+    ps = pr.add_parser("score", help="a student's distance to the targets at 1 and 2 steps", parents=[debug])
     ps.add_argument("--ckpt", required=True)
     ps.add_argument("--targets", required=True)
     ps.add_argument("--device", default=None)
     ps.set_defaults(fn=cmds._paired)
 
-    r = cmd("run", "run a recipe (a YAML file or a built-in name: blob-tiny, blob-s, blob-s-short)", cmds._run)
+    r = cmd("run", "run a recipe (a YAML file or a built-in name: blob-tiny, blob-s, blob-s-short, blob-agent-tiny, "
+            "blob-agent, atari-tiny, atari-pong, atari-breakout)", cmds._run)
     r.add_argument("recipe")
     r.add_argument("--out", default=None)
     r.add_argument("--device", default=None)

@@ -41,11 +41,11 @@ def write_media(videos: np.ndarray, stem: str | Path, cols: int = 8, fps: int = 
     iio.imwrite(paths[1], filmstrip(videos[:16]))
     try:
         mp4 = stem.with_suffix(".mp4")
-        # H.264 wants sides in multiples of 16: pad with the grid's border colour instead of letting the
-        # writer resize (which changes the aspect ratio)
-        ph, pw = -g.shape[1] % 16, -g.shape[2] % 16
+        # H.264 in yuv420p wants even sides (the encoder crops its 16-pixel macro blocks itself): pad an odd
+        # side with the grid's border colour instead of letting the writer resize, so the MP4 is the GIF's size
+        ph, pw = g.shape[1] % 2, g.shape[2] % 2
         padded = np.pad(g, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=40)
-        iio.imwrite(mp4, padded, fps=fps, codec="libx264", macro_block_size=16)
+        iio.imwrite(mp4, padded, fps=fps, codec="libx264", macro_block_size=2)
         paths.append(mp4)
     except Exception as e:  # ffmpeg missing or refused: the GIF and PNG still carry the samples
         print(f"note: could not write {stem.with_suffix('.mp4')} ({e}); wrote GIF and PNG")

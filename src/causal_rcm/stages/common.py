@@ -27,6 +27,8 @@ class EvalConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"eval.{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"eval.seed must be an integer >= 0, got {self.seed!r}")
 
 
 def config_dict(cfg) -> dict:

@@ -170,6 +170,8 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
     for name in ("n", "shard_size", "batch"):
         if int(getattr(cfg, name)) != getattr(cfg, name) or getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {getattr(cfg, name)!r}")
+    if int(cfg.seed) != cfg.seed or cfg.seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
     ode = None if cfg.ode_times is None else check_ode_times(cfg.ode_times)
     bundle = Bundle.load(cfg.teacher, device=device)
     world = make_world(bundle.world_or_raise())

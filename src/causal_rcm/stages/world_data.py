@@ -28,6 +28,8 @@ class WorldDataConfig:
         for name in ("n", "workers", "shard_size"):
             if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 def world_data_preset(name: str) -> WorldDataConfig:

@@ -97,9 +97,10 @@ def sample_videos(bundle: Bundle, prompts: Sequence[str], seed: int = 0, samplin
     dev = bundle.device
     if actions is None:
         video_actions(bundle, None, T, dev)  # a world model refuses to run without its actions
-    units = sp.steps if isinstance(sp, Euler) else ChunkPattern.parse(sp.pattern).num_blocks(T)
+    # euler_batch advances the bar by whole videos (spread over its steps); streaming by blocks
+    units = 1 if isinstance(sp, Euler) else ChunkPattern.parse(sp.pattern).num_blocks(T)
     bar = progress(total=len(prompts) * units, desc=f"sample {len(prompts)} videos", disable=not show_progress,
-                   unit="step" if isinstance(sp, Euler) else "block")
+                   unit="video" if isinstance(sp, Euler) else "block")
     out = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s:s + batch]

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..masks import ChunkPattern
@@ -34,6 +35,13 @@ def few_step_times(n: int, t0: float = T0, last_mid: float | None = None) -> lis
     return [t0, *mids, 0.0]
 
 
+def _check_guidance(cfg: float, shift: float) -> None:
+    if not 0 <= cfg < math.inf:  # NaN fails too
+        raise ValueError(f"cfg must be a finite number >= 0, got {cfg}")
+    if not 0 < shift < math.inf:
+        raise ValueError(f"shift must be a finite number > 0, got {shift}")
+
+
 def _check_steps(name: str, n, lo: int = 1, hi: int | None = None) -> int:
     if isinstance(n, bool) or int(n) != n or n < lo or (hi is not None and n > hi):
         rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
@@ -50,8 +58,7 @@ class Euler:
 
     def __post_init__(self):
         _check_steps("steps", self.steps)
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+        _check_guidance(self.cfg, self.shift)
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,7 @@ class EulerCFG:
         _check_steps("steps", self.steps)
         if self.steps_first is not None:
             _check_steps("steps_first", self.steps_first)
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+        _check_guidance(self.cfg, self.shift)
 
     def steps_for(self, block: int) -> int:
         return self.steps_first if (block == 0 and self.steps_first is not None) else self.steps

@@ -7,7 +7,7 @@ is renamed at the end; ``latest`` (a pointer for people and tools) is rewritten 
 
 Resuming takes the newest checkpoint that *verifies* (every file present with its recorded sha256): a
 truncated, torn or deleted newest one is reported and the previous one is used. Pruning keeps the checkpoint
-just written and the ``keep − 1`` newest before it.
+just written and the ``keep − 1`` newest before it, and removes the temporary folders of saves a kill cut short.
 
 Sharded networks (FSDP2, any run of several processes) write their state with DCP instead of safetensors
 (``sharded_state.py``: ``modules.dcp/``, ``optim_<name>.dcp/``, listed file by file in state.json): every rank
@@ -114,7 +114,8 @@ def save_training_state(run_dir: str | Path, step: int, modules: dict, optimizer
     atomic_write(ckpt_root / "latest", final.name + "\n")
     older = [p for s, p in step_dirs(run_dir) if s < step]
     newer = [p for s, p in step_dirs(run_dir) if s > step]  # left by a run that was abandoned past here
-    for old in older[:max(0, len(older) - (keep - 1))] + newer:
+    torn = sorted(ckpt_root.glob(".tmp_step_*"))  # half-written by a run killed while saving
+    for old in older[:max(0, len(older) - (keep - 1))] + newer + torn:
         shutil.rmtree(old, ignore_errors=True)
     if sharded:
         D.barrier()  # the others wait until the checkpoint is visible
@@ -144,7 +145,13 @@ def verify(ckpt: Path) -> str | None:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint that verifies; each newer broken one is reported and skipped."""
+    """The newest checkpoint that verifies; each newer broken one is reported and skipped, and so is the one
+    ``latest`` names when its folder is gone (deleted)."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
+    if STEP_DIR.match(named) and not (pointer.parent / named).is_dir():
+        say(f"warning: checkpoint {pointer.parent / named} (named by {pointer}) is missing; falling back to the "
+            "previous one")
     for step, path in reversed(step_dirs(run_dir)):
         why = verify(path)
         if why is None:

@@ -62,7 +62,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"train.{name} must be an integer >= 1, got {v!r}")
-        for name in ("warmup", "cooldown", "eval_every", "num_workers"):
+        for name in ("warmup", "cooldown", "eval_every", "num_workers", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or int(v) != v or v < 0:
                 raise ValueError(f"train.{name} must be an integer >= 0, got {v!r}")
