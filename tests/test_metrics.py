@@ -288,3 +288,28 @@ def test_blob_fd_separates_frozen_and_fast_videos_from_rendered_ones():
     fast = np.concatenate([a[:, ::2], a[:, ::2]], axis=1)[:, :a.shape[1]]  # twice the speed, then a jump
     assert frechet(video_features(frame_stats(frozen, 6)), fb) > 5 * same
     assert frechet(video_features(frame_stats(fast, 6)), fb) > 3 * same
+
+
+def test_blob_fd_interval_holds_its_own_estimate():
+    """Rendered videos against the rendered reference: the interval brackets the point estimate (a bootstrap
+    put it below the whole interval: duplicates inflate a Fréchet distance)."""
+    from causal_rcm.worlds.blobworld_metrics import evaluate_intervals
+
+    d = sample_worlds(96, 3)
+    ref = sample_worlds(96, 4, prompts=list(d["prompts"]))["videos"]
+    value, lo, hi = evaluate_intervals(d["videos"], d["prompts"], n_boot=200, reference=ref)["blob_fd"]
+    assert lo <= value <= hi, (value, lo, hi)
+    with pytest.raises(ValueError, match="one rendered video per generated one"):
+        evaluate(d["videos"], d["prompts"], reference=ref[:10])
+
+
+def test_jackknife_interval_of_a_mean_is_the_textbook_one():
+    """For the mean of single-unit clusters the delete-one jackknife's standard error is s / sqrt(n) exactly."""
+    from scipy import stats as st
+
+    from causal_rcm.stats import jackknife_interval
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, 50)
+    value, lo, hi = jackknife_interval(lambda idx: float(x[idx].mean()), [np.array([i]) for i in range(50)])
+    h = st.norm.ppf(0.975) * x.std(ddof=1) / np.sqrt(50)
+    assert value == pytest.approx(x.mean()) and (lo, hi) == pytest.approx((x.mean() - h, x.mean() + h))

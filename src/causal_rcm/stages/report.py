@@ -130,7 +130,8 @@ def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], 
                      **(s.latency or {}), "sampling": s.note})
     cols = ("samples", "sec/video", "ms/frame", "first frame ms", "sampling")
     sections = [(f"Metrics ({world.name} {world.variant})", metrics_table(rows, w.higher_is_better, extra_cols=cols)
-                 + "\n\nValues with a 95 % bootstrap interval over videos (resampled within each prompt). Entropies "
+                 + "\n\nValues with a 95 % interval: Blobworld resamples prompts, each with all its videos (Blob-FD: the "
+                 "delete-one-prompt jackknife), Atari resamples videos. Entropies "
                  "need ≥ 16 samples per prompt; 'n/a' where there are fewer. sec/video: batched sampling of the "
                  "evaluation set; ms/frame and first frame ms: one video streamed alone (a bidirectional model "
                  "has every frame only at the end).")]

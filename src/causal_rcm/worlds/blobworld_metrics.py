@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..stats import bootstrap_interval, clusters_of
+from ..stats import bootstrap_interval, clusters_of, jackknife_interval
 from .blobworld import AGENT, ACTION_DIRECTIONS, COLOURS, check_actions, prompt_colours, sample_worlds
 from .blobworld_fd import frechet, video_features
 
@@ -293,6 +293,9 @@ def _scorer(videos, prompts, actions, variant, reference=None):
     prompts_arr = np.asarray(prompts, dtype=object)
     feats = ref_feats = None
     if reference is not None:
+        if len(reference) != len(videos):
+            raise ValueError(f"Blob-FD's reference holds {len(reference)} videos for {len(videos)}: give one "
+                             "rendered video per generated one, with the same prompt")
         feats, ref_feats = video_features(st_all), video_features(frame_stats(np.asarray(reference), n_colours))
 
     def score(idx: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
@@ -313,9 +316,11 @@ def _scorer(videos, prompts, actions, variant, reference=None):
             out["action_accuracy"] = action_accuracy(st, actions[idx])
             out["agent_still"] = agent_still(st, actions[idx])
         if feats is not None:
-            out["blob_fd"] = frechet(feats[idx], ref_feats)
+            # video i of the reference holds video i's prompt: a subset compares like with like
+            out["blob_fd"] = frechet(feats[idx], ref_feats[idx])
         return out
 
+    score.fd = None if feats is None else (lambda idx: frechet(feats[idx], ref_feats[idx]))
     return score
 
 
@@ -335,10 +340,15 @@ def evaluate_intervals(videos: np.ndarray, prompts: Sequence[str], actions: np.n
                        variant: str | None = None, n_boot: int = 1000, seed: int = 0,
                        reference: np.ndarray | None = None) -> dict:
     """{metric: (value, low, high)}: 95 % cluster-bootstrap intervals, prompts resampled with all their videos
-    (resampling videos within a prompt would duplicate videos and bias the entropies down)."""
+    (resampling videos within a prompt would duplicate videos and bias the entropies down); Blob-FD's from the
+    delete-one-prompt jackknife (``stats.jackknife_interval``)."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
     score = _scorer(videos, prompts, actions, variant, reference)
-    return bootstrap_interval(score, len(videos), clusters_of(prompts), n_boot, seed)
+    clusters = clusters_of(prompts)
+    out = bootstrap_interval(score, len(videos), clusters, n_boot, seed)
+    if score.fd is not None:  # duplicates bias a Fréchet distance upward: the jackknife over prompts instead
+        out["blob_fd"] = jackknife_interval(score.fd, clusters)
+    return out
 
 
 def data_row(n: int, seed: int, variant: str = "t2v", **kw) -> dict[str, float]:
