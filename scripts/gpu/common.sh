@@ -11,3 +11,10 @@ crm() { python -m causal_rcm.cli "$@"; }
 cp_if() { if [[ -f $1 ]]; then cp "$1" "$2"; fi; }  # a run too short to log has no metrics.jsonl
 # progress bars off, last lines kept (an empty result is not an error under pipefail)
 quiet() { tr '\r' '\n' | { grep -v "it/s\]\|s/it\]\|video/s\]\|block/s\]" || true; } | tail -"${1:-4}"; }
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/progress.txt"; }
+step() {  # step NAME LIMIT command...: its log in $OUT, its last TAIL (12) lines on stdout
+  local name=$1 limit=$2; shift 2
+  log "start $name"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || log "FAILED ($?): $name"
+  quiet "${TAIL:-12}" < "$OUT/$name.log"
+}

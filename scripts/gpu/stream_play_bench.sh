@@ -7,17 +7,10 @@
 #      with the per-chunk forward captured as a CUDA graph, and the 14B memory check.
 #   OUT=out bash scripts/gpu/stream_play_bench.sh
 source scripts/gpu/common.sh
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/progress.txt"; }
-step() {  # step NAME LIMIT command...: its log in $OUT, its last lines on stdout
-  local name=$1 limit=$2; shift 2
-  log "start $name"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || log "FAILED ($?): $name"
-  quiet 12 < "$OUT/$name.log"
-}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/progress.txt"
 step pytest_gpu 90 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 python benchmarks/play_bundles.py --out /tmp/play_bundles > /dev/null
-step play 110 python benchmarks/play_latency.py --device cuda --fps 60 --seconds 8 --warmup 2 \
+step play 110 python benchmarks/play_latency.py --device cuda --fps 60 --seconds 8 --warmup 2 --server-arg=--no-graphs \
     --ckpt /tmp/play_bundles/atari-c1-1.safetensors --ckpt /tmp/play_bundles/atari-c3-3.safetensors \
     --ckpt /tmp/play_bundles/blob-agent-c1-1.safetensors --ckpt /tmp/play_bundles/blob-agent-c3-3.safetensors \
     --out "$OUT/play_latency_gpu.json"

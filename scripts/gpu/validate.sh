@@ -7,13 +7,6 @@
 #   4. one SF-DMD step at Wan2.1-1.3B (FSDP2 over one GPU, selective checkpointing; CRITIC critic updates).
 #   OUT=out bash scripts/gpu/validate.sh
 source scripts/gpu/common.sh
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/progress.txt"; }
-step() {  # step NAME LIMIT command...: its log in $OUT, its last lines on stdout
-  local name=$1 limit=$2; shift 2
-  log "start $name"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || log "FAILED ($?): $name"
-  quiet "${TAIL:-10}" < "$OUT/$name.log"
-}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$OUT/progress.txt"
 step pytest_gpu 100 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 python benchmarks/play_bundles.py --out /tmp/play_bundles > /dev/null
@@ -22,7 +15,7 @@ step play 150 python benchmarks/play_latency.py --device cuda --fps 60 --seconds
     --ckpt $B/atari-c1-1.safetensors --ckpt $B/atari-c3-3.safetensors --ckpt $B/blob-agent-c1-1.safetensors \
     --label "graphs" --out "$OUT/play_latency_gpu.json"
 step play_eager 45 python benchmarks/play_latency.py --device cuda --fps 60 --seconds 8 --warmup 2 \
-    --ckpt $B/atari-c1-1.safetensors --label "eager" --out "$OUT/play_latency_gpu_eager.json"
+    --server-arg=--no-graphs --ckpt $B/atari-c1-1.safetensors --label "eager" --out "$OUT/play_latency_gpu_eager.json"
 step stream 190 python benchmarks/stream_latency.py --graphs --vae-compile --runs c3-3:2,c1-1:1 \
     --decoders none,taehv,wan_vae --plot "$OUT/stream_latency.png" --out "$OUT/stream_latency.json"
 step sf_dmd "${SF_LIMIT:-100}" python benchmarks/sf_dmd_iteration.py --preset wan2.1-1.3b --batch 1 --ac selective \
