@@ -283,8 +283,9 @@ def _checked(videos, prompts, actions, variant):
 
 
 def _scorer(videos, prompts, actions, variant, reference=None):
-    """(score(idx) -> metrics of videos idx, n): frame statistics computed once for every resample;
-    ``reference`` videos (rendered, the same prompts) add Blob-FD against them."""
+    """(score(idx) -> §4 metrics of videos idx, fd(idx) -> their Blob-FD or None): frame statistics computed
+    once for every resample; ``fd`` needs ``reference`` videos (rendered, video i with video i's prompt), and
+    indexes both sets alike so that a subset compares like with like."""
     n_colours = AGENT + (variant == "agent")
     prompted = np.zeros((len(prompts), n_colours), dtype=bool)
     for i, p in enumerate(prompts):
@@ -315,13 +316,12 @@ def _scorer(videos, prompts, actions, variant, reference=None):
         if actions is not None:
             out["action_accuracy"] = action_accuracy(st, actions[idx])
             out["agent_still"] = agent_still(st, actions[idx])
-        if feats is not None:
-            # video i of the reference holds video i's prompt: a subset compares like with like
-            out["blob_fd"] = frechet(feats[idx], ref_feats[idx])
         return out
 
-    score.fd = None if feats is None else (lambda idx: frechet(feats[idx], ref_feats[idx]))
-    return score
+    def fd(idx: np.ndarray) -> float:
+        return frechet(feats[idx], ref_feats[idx])
+
+    return score, (None if feats is None else fd)
 
 
 def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | None = None,
@@ -331,7 +331,11 @@ def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | N
     named. With ``reference`` videos also ``blob_fd`` (worlds/blobworld_fd.py). Returns the metric names of
     the spec in its order, then ``n_samples``."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
-    out = _scorer(videos, prompts, actions, variant, reference)(np.arange(len(videos)))
+    score, fd = _scorer(videos, prompts, actions, variant, reference)
+    every = np.arange(len(videos))
+    out = score(every)
+    if fd is not None:
+        out["blob_fd"] = fd(every)
     out["n_samples"] = len(videos)
     return out
 
@@ -343,11 +347,11 @@ def evaluate_intervals(videos: np.ndarray, prompts: Sequence[str], actions: np.n
     (resampling videos within a prompt would duplicate videos and bias the entropies down); Blob-FD's from the
     delete-one-prompt jackknife (``stats.jackknife_interval``)."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
-    score = _scorer(videos, prompts, actions, variant, reference)
+    score, fd = _scorer(videos, prompts, actions, variant, reference)
     clusters = clusters_of(prompts)
     out = bootstrap_interval(score, len(videos), clusters, n_boot, seed)
-    if score.fd is not None:  # duplicates bias a Fréchet distance upward: the jackknife over prompts instead
-        out["blob_fd"] = jackknife_interval(score.fd, clusters)
+    if fd is not None:  # duplicates bias a Fréchet distance upward: the jackknife over prompts instead
+        out["blob_fd"] = jackknife_interval(fd, clusters)
     return out
 
 
