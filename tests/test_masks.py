@@ -76,3 +76,31 @@ def test_teacher_forcing_positions_restart():
     pos = teacher_forcing("c1-1").frame_positions(3)
     assert pos.tolist() == [0, 1, 2, 0, 1, 2]
     assert block_causal("c1-1").frame_positions(3).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("mask,T,q_offset", [
+    (teacher_forcing("c3-3"), 9, 0), (teacher_forcing("c1-1"), 4, 0), (teacher_forcing("c1-4"), 9, 0),
+    (block_causal("c3-3"), 9, 0), (block_causal("c1-1", window=2, sink=1), 6, 0),
+    (block_causal("c3-3"), 9, 7 * 5),  # queries start mid-frame behind a cached prefix
+])
+def test_split_attention_matches_fp64_reference(mask, T, q_offset):
+    """The split backend (dense SDPA pieces, no mask) equals the masked softmax in fp64: outputs and the
+    gradients of q, k and v, at a frame size (7 tokens) and head size (12) that are no block multiples."""
+    from causal_rcm.kernels.attention import attention
+
+    N, F = 7, mask.seq_frames(T)
+    Lk = F * N
+    Lq = Lk - q_offset
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, L, 12, generator=g, dtype=torch.float64, requires_grad=True)
+               for L in (Lq, Lk, Lk))
+    w = torch.randn(2, 3, Lq, 12, generator=g, dtype=torch.float64)
+    dense = mask.dense(N, T)[q_offset:]
+    s = (q @ k.transpose(-1, -2)) * 12 ** -0.5
+    ref = s.masked_fill(~dense, float("-inf")).softmax(-1) @ v
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    out = attention(q, k, v, mask, N, q_offset=q_offset, backend="split")
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

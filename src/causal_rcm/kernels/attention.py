@@ -5,6 +5,9 @@
 - a mask on CUDA: FlexAttention with a block mask built from the mask's frame rule, compiled once and
   cached per (mask, shape) (head sizes it cannot take fall back to the dense path).
 - a mask elsewhere (CPU, tests): SDPA with the dense boolean mask, cached per (mask, shape).
+- ``backend="split"``: the mask cut into dense pieces, one unmasked SDPA call per run of query frames that
+  see the same key frames (keys gathered with one ``cat`` of whole-frame runs), so the GPU's dense kernels
+  (cuDNN, flash) do exactly the unmasked work, forward and backward, with no mask materialised.
 - ``backend="math"``: the plain-PyTorch reference (softmax of QKᵀ), which ``torch.func.jvp`` and double
   backward can differentiate; tests use it as the independent path.
 
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 
 from ..masks import Mask
 
-BACKENDS = ("auto", "sdpa", "flex", "math")
+BACKENDS = ("auto", "sdpa", "flex", "split", "math")
 
 
 def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None, q_offset: int = 0,
@@ -47,12 +50,61 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
         raise ValueError(f"keys ({Lk}) must be whole frames of {frame_tokens} tokens and cover the queries "
                          f"(offset {q_offset} + {Lq})")
     T = mask.video_frames(Lk // frame_tokens)
+    if backend == "split":
+        return _split_attention(q, k, v, _pieces(mask, frame_tokens, T, Lq, q_offset))
     use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and _flex_supports(q.shape[-1]))
     if use_flex:
         block_mask = _flex_block_mask(mask, frame_tokens, T, Lq, Lk, q_offset, q.device)
         return _compiled_flex()(q, k, v, block_mask=block_mask)
     dense = _dense_mask(mask, frame_tokens, T, q_offset, Lq, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+
+
+@functools.lru_cache(maxsize=64)
+def _pieces(mask: Mask, frame_tokens: int, T: int, Lq: int, q_offset: int):
+    """The mask as dense pieces: (key cut points, [(q0, q1, key runs)]): query tokens [q0, q1) (of the query
+    tensor) see exactly the keys of the runs, each run an index range into the keys cut at the cut points."""
+    fm = mask.frame_mask(T).tolist()
+    f0, f1 = q_offset // frame_tokens, (q_offset + Lq - 1) // frame_tokens + 1
+    groups: list[list] = []  # [first query frame, last + 1, key frame runs]
+    for f in range(f0, f1):
+        row, runs, start = fm[f], [], None
+        for kf, seen in enumerate(row + [False]):
+            if seen and start is None:
+                start = kf
+            elif not seen and start is not None:
+                runs.append((start, kf))
+                start = None
+        if groups and groups[-1][2] == runs:
+            groups[-1][1] = f + 1
+        else:
+            groups.append([f, f + 1, runs])
+    cuts = sorted({0, len(fm)} | {b for *_, runs in groups for run in runs for b in run})
+    pieces = []
+    for a, b, runs in groups:
+        q0, q1 = max(a * frame_tokens - q_offset, 0), min(b * frame_tokens - q_offset, Lq)
+        keys = tuple(i for s, e in runs for i in range(cuts.index(s), cuts.index(e)))
+        pieces.append((q0, q1, keys))
+    return tuple(c * frame_tokens for c in cuts), tuple(pieces)
+
+
+def _split_attention(q, k, v, plan) -> torch.Tensor:
+    """Masked attention as unmasked SDPA calls over the plan's pieces. Keys are split once at the cut points
+    (one backward for the split: each piece's key gradient accumulates at its own size, never a zero-filled
+    full-size tensor per use); a query run that sees no key gets zeros, the limit of an empty softmax."""
+    cuts, pieces = plan
+    sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+    ks, vs = k.split(sizes, dim=2), v.split(sizes, dim=2)
+    outs = []
+    for q0, q1, keys in pieces:
+        qs = q[:, :, q0:q1]
+        if not keys:
+            outs.append(torch.zeros_like(qs))
+            continue
+        kk = ks[keys[0]] if len(keys) == 1 else torch.cat([ks[i] for i in keys], dim=2)
+        vv = vs[keys[0]] if len(keys) == 1 else torch.cat([vs[i] for i in keys], dim=2)
+        outs.append(F.scaled_dot_product_attention(qs, kk, vv))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def _flex_supports(head_dim: int) -> bool:
