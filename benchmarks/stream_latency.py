@@ -3,7 +3,8 @@
 For each (pattern, steps per chunk, decoder) one video is streamed through ``stream/realtime.py`` (the
 decoder on a second CUDA stream, frames into pinned host memory) after a warm-up video, and we report:
 
-  first_ms     time to the first frame on the host (the first block: steps_first steps, decoded)
+  first_ms     time to the first frame on the host (the first block: steps_first steps, default the same
+               number as every later block, decoded)
   frame_p50/99 per-frame latency: the gap between consecutive blocks' arrival divided by their frames (ms)
   jitter_ms    standard deviation of the inter-block arrival gaps
   e2e_fps      video frames / wall time from start to the last frame on the host
@@ -24,13 +25,14 @@ Prints a table and writes JSON (and a plot with --plot).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
 import time
 
 import torch
-from common import write_result
+from common import sdpa_priority, write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
 from causal_rcm.kv_policy import FULL
@@ -70,9 +72,10 @@ def stream_once(engine: Engine, ctx, frames: int, seed: int, reuse=None):
     return arrivals, blocks, state
 
 
-def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool) -> dict:
+def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool, steps_first: int | None = None,
+            context: str = "clean") -> dict:
     C, H, W = shape
-    how = FewStep(pattern, steps_first=4 if pattern == "c3-3" else steps, steps=steps)
+    how = FewStep(pattern, steps_first=steps_first or steps, steps=steps, context=context)
     engine = Engine(net, how, (C, H, W), codec, FULL, frames, graphs=graphs)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         *_, warm = stream_once(engine, ctx, frames, 0)  # warm-up: allocations, autotuning, graph capture
@@ -92,7 +95,7 @@ def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool) -> dic
     scale = video / sum(per_block)
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     per_frame = [1000 * g / (n * scale) for g, n in zip(gaps, per_block[1:])] or [float("nan")]
-    return dict(pattern=pattern, steps=steps, first_ms=1000 * arrivals[0],
+    return dict(pattern=pattern, steps=steps, steps_first=how.steps_first, context=context, first_ms=1000 * arrivals[0],
                 frame_p50=statistics.median(per_frame), frame_p99=sorted(per_frame)[int(0.99 * (len(per_frame) - 1))],
                 jitter_ms=1000 * statistics.pstdev(gaps) if len(gaps) > 1 else 0.0,
                 e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak)
@@ -105,6 +108,12 @@ def main():
     ap.add_argument("--decoders", default="none,taehv,wan_vae")
     ap.add_argument("--runs", default=None, help="pattern:steps pairs (c3-3:2,c1-1:1) instead of patterns x steps")
     ap.add_argument("--graphs", action="store_true", help="capture the per-chunk forward as a CUDA graph")
+    ap.add_argument("--sdpa", default="default", choices=("default", "cudnn"),
+                    help="cudnn: SDPA tries cuDNN's fused attention before flash")
+    ap.add_argument("--steps-first", type=int, default=None, help="steps on the first chunk (default: --steps)")
+    ap.add_argument("--context", default="clean", choices=["clean", "noisy"],
+                    help="noisy: the students' noisy-context sampling, whose last step writes the cache (no "
+                         "separate context pass; METHOD.md §3)")
     ap.add_argument("--vae-compile", action="store_true", help="run the Wan VAE decoder through torch.compile")
     ap.add_argument("--check-14b", action="store_true")
     ap.add_argument("--smoke", action="store_true")
@@ -113,6 +122,8 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
+    order = contextlib.ExitStack()  # the SDPA kernel order for the rest of main (kept referenced)
+    order.enter_context(sdpa_priority(args.sdpa))
     torch.manual_seed(0)
     # the smoke configuration keeps Wan's 16 latent channels so every decoder fits it
     cfg = dataclasses.replace(preset("tiny"), in_dim=16, out_dim=16) if args.smoke else preset("wan2.1-1.3b")
@@ -122,6 +133,7 @@ def main():
     runs = ([(p, int(n)) for p, n in (r.split(":") for r in args.runs.split(","))] if args.runs else
             [(p, int(n)) for p in args.patterns.split(",") for n in args.steps.split(",")])
     meta = dict(preset="tiny" if args.smoke else "wan2.1-1.3b", latent_frames=frames, graphs=args.graphs,
+                context=args.context, steps_first=args.steps_first, sdpa=args.sdpa,
                 vae_compile=args.vae_compile)
     cols = [("decoder", "decoder", 8, "s"), ("pattern", "pattern", 7, "s"), ("steps", "steps", 5, "d"),
             ("first_ms", "first ms", 9, ".1f"), ("frame_p50", "p50 ms/f", 9, ".2f"), ("frame_p99", "p99 ms/f", 9, ".2f"),
@@ -133,7 +145,8 @@ def main():
         for pattern, steps in runs:
             if pattern == "c3-3" and (frames - 3) % 3:
                 continue
-            r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs))
+            r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs,
+                                                         args.steps_first, args.context))
             rows.append(r)
             print(r, flush=True)
             write_result(args.out, rows, cols, show=False, **meta)  # a run cut short keeps what it measured

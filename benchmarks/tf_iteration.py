@@ -23,9 +23,10 @@ import dataclasses
 import sys
 
 import torch
-from common import time_ms, write_result
+from common import sdpa_priority, time_ms, write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.kernels.attention import use_masked_backend
 from causal_rcm.models import ChunkPattern
 from causal_rcm.models.flops import FlopCounter
 from causal_rcm.objectives import tf as obj
@@ -50,6 +51,12 @@ def args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ac", default="none", choices=("none", "full", "selective"), help="activation checkpointing")
     ap.add_argument("--compile", action="store_true", help="torch.compile each block")
     ap.add_argument("--fsdp", action="store_true", help="FSDP2 over one GPU (the sharded code path)")
+    ap.add_argument("--attention", default="flex", choices=("flex", "split"),
+                    help="masked attention on CUDA: FlexAttention or dense SDPA pieces (kernels/attention.py)")
+    ap.add_argument("--sdpa", default="default", choices=("default", "cudnn"),
+                    help="cudnn: SDPA tries cuDNN's fused attention before flash")
+    ap.add_argument("--profile", default=None, help="profile one more iteration of the first method: top kernels "
+                    "by GPU time into this text file")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", default="results/tf_iteration.json")
@@ -60,6 +67,25 @@ def main():
     args = args_parser().parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
+    use_masked_backend(args.attention)
+    with sdpa_priority(args.sdpa):
+        run(args)
+
+
+def profile(iteration, path: str) -> None:
+    """One iteration under the profiler: the kernels that take the GPU's time, most first."""
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    with prof(activities=[ProfilerActivity.CUDA]) as p:
+        iteration()
+        torch.cuda.synchronize()
+    table = p.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    with open(path, "w") as f:
+        f.write(table)
+    print(table, flush=True)
+
+
+def run(args):
     dev = torch.device("cuda")
     torch.set_float32_matmul_precision("high")
     cfg = preset(args.preset)
@@ -106,6 +132,8 @@ def main():
         rows.append(dict(method=name, ms=round(ms, 1), tflop=round(count.total / 1e12, 1),
                          mfu=round(100 * count.total / (ms * 1e-3) / (PEAK_TFLOPS * 1e12), 1), peak_gib=round(peak, 1)))
         print(rows[-1], flush=True)
+        if args.profile and name == methods[0]:
+            profile(iteration, args.profile)
         del stepper
     dcm = next((r["ms"] for r in rows if r["method"] == "tf_dcm"), None)
     for r in rows:
@@ -114,7 +142,7 @@ def main():
                                   ("tflop", "TFLOP/it", 9, ".1f"), ("mfu", "MFU %", 6, ".1f"),
                                   ("peak_gib", "peak GiB", 9, ".1f"), ("vs_tf_dcm", "× TF-dCM", 9, ".2f")],
                  preset=args.preset, batch=B, pattern=args.pattern, ac=args.ac, compile=args.compile,
-                 fsdp=args.fsdp, peak_tflops=PEAK_TFLOPS,
+                 fsdp=args.fsdp, attention=args.attention, sdpa=args.sdpa, peak_tflops=PEAK_TFLOPS,
                  tokens_tf_layout=2 * T * (H // cfg.patch_size[1]) * (W // cfg.patch_size[2]))
 
 

@@ -23,6 +23,15 @@ import torch.nn.functional as F
 from ..masks import Mask
 
 BACKENDS = ("auto", "sdpa", "flex", "split", "math")
+_MASKED_CUDA = ["flex"]  # what "auto" runs for a masked attention on CUDA (``use_masked_backend``)
+
+
+def use_masked_backend(name: str) -> None:
+    """Choose what ``backend="auto"`` runs for masked attention on CUDA: "flex" (FlexAttention with the block
+    mask) or "split" (dense SDPA pieces, ``_split_attention``). Both compute the same attention."""
+    if name not in ("flex", "split"):
+        raise ValueError(f"masked attention on CUDA runs 'flex' or 'split', got {name!r}")
+    _MASKED_CUDA[0] = name
 
 
 def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None, q_offset: int = 0,
@@ -50,7 +59,7 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
         raise ValueError(f"keys ({Lk}) must be whole frames of {frame_tokens} tokens and cover the queries "
                          f"(offset {q_offset} + {Lq})")
     T = mask.video_frames(Lk // frame_tokens)
-    if backend == "split":
+    if backend == "split" or (backend == "auto" and q.is_cuda and _MASKED_CUDA[0] == "split"):
         return _split_attention(q, k, v, _pieces(mask, frame_tokens, T, Lq, q_offset))
     use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and _flex_supports(q.shape[-1]))
     if use_flex:

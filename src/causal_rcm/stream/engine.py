@@ -172,10 +172,10 @@ class Engine:
             state.cache.prepare(self.net, H // ph, W // pw, state.ctx.device)
 
     def _forward(self, state: StreamState, x, t, actions, write: bool):
-        """One forward of the block against the cache: eager, or the captured graph once the stream is past
-        its first block (whose frame count differs)."""
+        """One forward of the block against the cache: eager, or the captured graph (one per input shape and
+        cache layout: the first block has its own)."""
         self._prepare(state)
-        if state.graphed is not None and state.block > 0 and not torch.is_grad_enabled():
+        if state.graphed is not None and not torch.is_grad_enabled():
             if state.cache.cross is None:
                 state.cache.cross = self.net.context_kv(state.ctx)
             return state.graphed(x, t, actions, write)

@@ -4,7 +4,7 @@ With the static-shape KV cache (``models/static_cache.py``) a chunk's forward re
 only: the input chunk, its time, the prompt's cross-attention K/V, the cache buffers and the per-block
 buffers ``prepare`` fills outside the graph. ``GraphedVelocity`` captures ``net.velocity`` for each input
 shape and cache layout it meets (the visible prefix of the cache grows until the cache is full, then stays:
-a handful of captures; the first block, with its own frame count, runs eagerly) and replays it after
+a handful of captures, the first block's among them) and replays it after
 copying the inputs in; the eager path computes the same thing and is the fallback where CUDA graphs are
 unavailable. A context write (``write=True``) replays the same graph and then records the block in the
 cache. The captures outlive a stream: ``Engine.start(..., reuse=old_state)`` hands them to the next one.
