@@ -104,3 +104,16 @@ def test_split_attention_matches_fp64_reference(mask, T, q_offset):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_split_attention_traces_without_graph_breaks():
+    """Inside a compiled block the split plan is a constant: one graph, no break (a break per call would
+    split every compiled block in pieces)."""
+    import torch._dynamo as dynamo
+
+    from causal_rcm.kernels.attention import attention
+
+    mask, N, T = teacher_forcing("c3-3"), 5, 6
+    q, k, v = (torch.randn(1, 2, mask.seq_frames(T) * N, 16) for _ in range(3))
+    explained = dynamo.explain(lambda q, k, v: attention(2 * q, k, v, mask, N, backend="split") + 1)(q, k, v)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)

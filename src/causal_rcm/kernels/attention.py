@@ -70,6 +70,7 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
 
 
 @functools.lru_cache(maxsize=64)
+@torch.compiler.assume_constant_result  # a compiled caller gets the plan as constants (no graph break)
 def _pieces(mask: Mask, frame_tokens: int, T: int, Lq: int, q_offset: int):
     """The mask as dense pieces: (key cut points, [(q0, q1, key runs)]): query tokens [q0, q1) (of the query
     tensor) see exactly the keys of the runs, each run an index range into the keys cut at the cut points."""
