@@ -313,3 +313,20 @@ def test_jackknife_interval_of_a_mean_is_the_textbook_one():
     value, lo, hi = jackknife_interval(lambda idx: float(x[idx].mean()), [np.array([i]) for i in range(50)])
     h = st.norm.ppf(0.975) * x.std(ddof=1) / np.sqrt(50)
     assert value == pytest.approx(x.mean()) and (lo, hi) == pytest.approx((x.mean() - h, x.mean() + h))
+
+
+def test_frechet_matches_closed_form_for_independent_features():
+    """Diagonal covariances: FD = |μa − μb|² + Σ (σa − σb)², computed from the samples' own moments."""
+    from causal_rcm.worlds.blobworld_fd import frechet
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(4000, 5)) * [1, 2, 3, 0.5, 1] + [0, 1, 0, 0, 2]
+    b = rng.normal(size=(3000, 5)) * [2, 2, 1, 0.5, 1]
+    # decorrelate the samples exactly: rotate each onto its own principal axes
+    a = (a - a.mean(0)) @ np.linalg.eigh(np.cov(a, rowvar=False))[1] + a.mean(0)
+    b = (b - b.mean(0)) @ np.linalg.eigh(np.cov(b, rowvar=False))[1] + b.mean(0)
+    va, vb = np.sort(np.var(a, 0, ddof=1)), np.sort(np.var(b, 0, ddof=1))
+    a = a[:, np.argsort(np.var(a, 0, ddof=1))]
+    b = b[:, np.argsort(np.var(b, 0, ddof=1))]
+    want = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum((np.sqrt(va + 1e-6) - np.sqrt(vb + 1e-6)) ** 2)
+    assert frechet(a, b) == pytest.approx(want, rel=1e-6)

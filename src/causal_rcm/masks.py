@@ -166,6 +166,16 @@ class TeacherForcing(Mask):
         return clean_q | noisy_q
 
 
+def from_kernel_args(MASK_KIND: int, FIRST: int, CHUNK: int, WINDOW: int = 0, SINK: int = 0, **_) -> Mask:
+    """The mask an integer description (``Mask.kernel_args``) stands for: its inverse."""
+    pattern = ChunkPattern(FIRST, CHUNK)
+    if MASK_KIND == BLOCK_CAUSAL:
+        return BlockCausal(pattern, KVPolicy(WINDOW or None, SINK))
+    if MASK_KIND == TEACHER_FORCING:
+        return TeacherForcing(pattern)
+    raise ValueError(f"no frame mask has kind {MASK_KIND}")
+
+
 def block_causal(pattern, window: int | None = None, sink: int = 0) -> BlockCausal:
     return BlockCausal(ChunkPattern.parse(pattern), KVPolicy(window, sink))
 

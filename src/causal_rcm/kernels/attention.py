@@ -20,7 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..masks import Mask
+from ..masks import Mask, from_kernel_args
 
 BACKENDS = ("auto", "sdpa", "flex", "split", "math")
 _MASKED_CUDA = ["flex"]  # what "auto" runs for a masked attention on CUDA (``use_masked_backend``)
@@ -60,7 +60,8 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
                          f"(offset {q_offset} + {Lq})")
     T = mask.video_frames(Lk // frame_tokens)
     if backend == "split" or (backend == "auto" and q.is_cuda and _MASKED_CUDA[0] == "split"):
-        return _split_attention(q, k, v, _pieces(mask, frame_tokens, T, Lq, q_offset))
+        key = tuple(sorted(mask.kernel_args(T).items()))  # integers: a compiled caller passes constants
+        return _split_attention(q, k, v, _pieces(key, frame_tokens, Lq, q_offset))
     use_flex = backend == "flex" or (backend == "auto" and q.is_cuda and _flex_supports(q.shape[-1]))
     if use_flex:
         block_mask = _flex_block_mask(mask, frame_tokens, T, Lq, Lk, q_offset, q.device)
@@ -71,10 +72,12 @@ def attention(q, k, v, mask: Mask | None = None, frame_tokens: int | None = None
 
 @functools.lru_cache(maxsize=64)
 @torch.compiler.assume_constant_result  # a compiled caller gets the plan as constants (no graph break)
-def _pieces(mask: Mask, frame_tokens: int, T: int, Lq: int, q_offset: int):
-    """The mask as dense pieces: (key cut points, [(q0, q1, key runs)]): query tokens [q0, q1) (of the query
-    tensor) see exactly the keys of the runs, each run an index range into the keys cut at the cut points."""
-    fm = mask.frame_mask(T).tolist()
+def _pieces(mask_args: tuple, frame_tokens: int, Lq: int, q_offset: int):
+    """The mask (given by its ``kernel_args`` items) as dense pieces: (key cut points, [(q0, q1, key
+    pieces)]): query tokens [q0, q1) (of the query tensor) see exactly the keys of the listed pieces of the
+    keys cut at the cut points."""
+    args = dict(mask_args)
+    fm = from_kernel_args(**args).frame_mask(args["NUM_FRAMES"]).tolist()
     f0, f1 = q_offset // frame_tokens, (q_offset + Lq - 1) // frame_tokens + 1
     groups: list[list] = []  # [first query frame, last + 1, key frame runs]
     for f in range(f0, f1):

@@ -37,11 +37,13 @@ def video_features(st) -> np.ndarray:
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
     """FD between the Gaussians fitted to feature sets a [N, D] and b [M, D]."""
-    from scipy import linalg
-
     mu_a, mu_b = a.mean(0), b.mean(0)
     # a tiny ridge: features of colours a prompt set never shows are constant (zero variance)
     ridge = 1e-6 * np.eye(a.shape[1])
     cov_a, cov_b = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
+    # tr sqrt(A B) = Σ sqrt(eig(A^½ B A^½)), a symmetric PSD matrix: eigh only (no sqrtm of a non-symmetric
+    # product, whose options differ between SciPy versions)
+    w, U = np.linalg.eigh(cov_a)
+    half = (U * np.sqrt(np.clip(w, 0, None))) @ U.T
+    tr_root = np.sqrt(np.clip(np.linalg.eigvalsh(half @ cov_b @ half), 0, None)).sum()
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_root)
