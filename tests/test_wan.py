@@ -150,3 +150,21 @@ def test_bf16_forward_close_to_fp32(tiny_model):
         low = tiny_model.to(torch.bfloat16)(x.bfloat16(), t, c.bfloat16()).float()
     rel = (low - ref).norm() / ref.norm()
     assert rel < 3e-2
+
+
+def test_time_scale_is_the_timestep_input_scale():
+    """time_scale·t is the timestep input (Wan: 1000): the same weights at time_scale s and time t equal the
+    Wan-scaled model at s·t/1000, and ∂v/∂t scales with s (what sCM's tangent t·∂v/∂t sees)."""
+    torch.manual_seed(0)
+    wan = randomize_(WanDiT(TINY), seed=0).eval()
+    small = WanDiT(WanConfig.from_dict({**TINY.to_dict(), "time_scale": 10.0})).eval()
+    small.load_state_dict(wan.state_dict())
+    x, t, c = torch.randn(2, 4, 3, 6, 6), torch.rand(2), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert torch.allclose(small(x, t, c), wan(x, t * 10 / 1000, c), atol=1e-5)
+        zero = torch.zeros_like(x)
+        _, dv_small = small.forward_jvp(x, t, c, zero, torch.ones(2))
+        _, dv_wan = wan.forward_jvp(x, t * 10 / 1000, c, zero, torch.ones(2))
+    assert torch.allclose(dv_small, dv_wan * 10 / 1000, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="time_scale"):
+        WanConfig(time_scale=0.0)

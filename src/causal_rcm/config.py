@@ -30,6 +30,11 @@ class WanConfig:
     dual_time: bool = False
     # World models: size of the per-latent-frame action feature (METHOD.md §7; 0 = no action input)
     action_dim: int = 0
+    # The timestep input is time_scale·t (METHOD.md §1: Wan's 1000). sCM's tangent holds t·∂v/∂t, and the
+    # sinusoids of 1000·t reach 1000 rad per unit t: a briefly trained small network keeps those wiggles in t,
+    # so its ∂v/∂t (and the sCM target) is mostly their noise (sCM, Lu & Song 2024, §4.1: a smaller time
+    # scale for stable continuous-time CM). Loaded checkpoints keep 1000 unless their config says otherwise.
+    time_scale: float = 1000.0
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -41,6 +46,8 @@ class WanConfig:
             raise ValueError(f"freq_dim={self.freq_dim} must be even")
         if self.action_dim < 0:
             raise ValueError(f"action_dim={self.action_dim} must be >= 0")
+        if not 0 < self.time_scale < float("inf"):
+            raise ValueError(f"time_scale={self.time_scale} must be a finite number > 0")
 
     @property
     def head_dim(self) -> int:
@@ -86,9 +93,11 @@ def _blob_s() -> WanConfig:
 
 
 def _blob_tiny() -> WanConfig:
-    # The CPU demo's world (16x16, 9 frames): 16 tokens per frame, ~0.2M parameters.
+    # The CPU demo's world (16x16, 9 frames): 16 tokens per frame, ~0.2M parameters. Timestep input 10·t:
+    # trained for minutes, the network keeps the wiggles of 1000·t's sinusoids, and its ∂v/∂t (TF-sCM's
+    # tangent) came out 2-3x its finite difference over 0.05 (docs/results/claims.md, must-show 4).
     return WanConfig(in_dim=3, out_dim=3, dim=64, ffn_dim=256, freq_dim=64, text_dim=32, num_heads=2,
-                     num_layers=3, patch_size=(1, 4, 4))
+                     num_layers=3, patch_size=(1, 4, 4), time_scale=10.0)
 
 
 def _atari() -> WanConfig:

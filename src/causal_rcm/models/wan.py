@@ -34,7 +34,7 @@ from .kv_cache import KVCache
 from .layers import (Attention, LayerNorm, apply_rope, fp32, gate, layer_norm, modulate, rope_freqs, rope_tables,
                      sinusoidal_embedding, split_jvp)
 
-R_SCALE = 100.0  # MeanFlow's interval t − r is embedded as sinusoids of 100·(t − r) (t itself: 1000·t)
+R_SCALE = 100.0  # MeanFlow's interval t − r is embedded as sinusoids of 100·(t − r) (t itself: time_scale·t)
 
 
 def _frames(m: torch.Tensor, f0: int) -> torch.Tensor:
@@ -197,7 +197,7 @@ class WanDiT(nn.Module):
 
     # ----- embeddings ---------------------------------------------------------------------------
     def time_embed(self, t: torch.Tensor, r: torch.Tensor | None = None, actions: Actions | None = None):
-        """t [B] or [B, F] in [0, 1] -> e [B, Ft, D] and e0 [B, Ft, 6, D], fp32 (×1000 here only); the
+        """t [B] or [B, F] in [0, 1] -> e [B, Ft, D] and e0 [B, Ft, 6, D], fp32 (×time_scale here only); the
         action embedding of each frame joins its time embedding before the AdaLN projection (§7)."""
         if actions is not None and not self.cfg.action_dim:
             raise ValueError("this model takes no actions (action_dim=0)")
@@ -208,7 +208,7 @@ class WanDiT(nn.Module):
         B, Ft = t2.shape
         wdtype = self.time_embedding[0].weight.dtype
         with torch.autocast(t.device.type, enabled=False):
-            e = self.time_embedding(sinusoidal_embedding(self.cfg.freq_dim, 1000.0 * t2.reshape(-1)).to(wdtype))
+            e = self.time_embedding(sinusoidal_embedding(self.cfg.freq_dim, self.cfg.time_scale * t2.reshape(-1)).to(wdtype))
             if self.cfg.dual_time:
                 if r is None:
                     raise ValueError("this model takes a second time input r (dual_time=True)")
