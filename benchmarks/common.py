@@ -15,21 +15,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def sdpa_priority(name: str):
-    """The SDPA kernel order for a whole benchmark: "default" (PyTorch's: flash first) or "cudnn" (cuDNN's
-    fused attention first, then flash, memory-efficient, math: a shape one cannot take falls through)."""
-    from contextlib import nullcontext
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    if name == "default":
-        return nullcontext()
-    if name != "cudnn":
-        raise ValueError(f"--sdpa is 'default' or 'cudnn', got {name!r}")
-    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.MATH], set_priority=True)
-
-
 def time_ms(fn, warmup: int, iters: int) -> float:
     """Median milliseconds of ``fn()`` over ``iters`` calls after ``warmup`` calls (CUDA events)."""
     for _ in range(warmup):

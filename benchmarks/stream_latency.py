@@ -25,16 +25,16 @@ Prints a table and writes JSON (and a plot with --plot).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import statistics
 import sys
 import time
 
 import torch
-from common import sdpa_priority, write_result
+from common import write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.kernels.attention import use_sdpa_order
 from causal_rcm.kv_policy import FULL
 from causal_rcm.models import WanDiT
 from causal_rcm.stream.codec import PixelCodec, TinyDecoderCodec, WanVAECodec
@@ -122,8 +122,7 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
-    order = contextlib.ExitStack()  # the SDPA kernel order for the rest of main (kept referenced)
-    order.enter_context(sdpa_priority(args.sdpa))
+    use_sdpa_order(args.sdpa)
     torch.manual_seed(0)
     # the smoke configuration keeps Wan's 16 latent channels so every decoder fits it
     cfg = dataclasses.replace(preset("tiny"), in_dim=16, out_dim=16) if args.smoke else preset("wan2.1-1.3b")

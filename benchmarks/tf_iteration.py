@@ -23,10 +23,9 @@ import dataclasses
 import sys
 
 import torch
-from common import sdpa_priority, time_ms, write_result
+from common import time_ms, write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
-from causal_rcm.kernels.attention import use_masked_backend
 from causal_rcm.models import ChunkPattern
 from causal_rcm.models.flops import FlopCounter
 from causal_rcm.objectives import tf as obj
@@ -52,9 +51,9 @@ def args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile each block")
     ap.add_argument("--fsdp", action="store_true", help="FSDP2 over one GPU (the sharded code path)")
     ap.add_argument("--attention", default="flex", choices=("flex", "split"),
-                    help="masked attention on CUDA: FlexAttention or dense SDPA pieces (kernels/attention.py)")
+                    help="parallel.attention: masked attention on CUDA, FlexAttention or dense SDPA pieces")
     ap.add_argument("--sdpa", default="default", choices=("default", "cudnn"),
-                    help="cudnn: SDPA tries cuDNN's fused attention before flash")
+                    help="parallel.sdpa: cudnn tries cuDNN's fused attention before flash")
     ap.add_argument("--profile", default=None, help="profile one more iteration of the first method: top kernels "
                     "by GPU time into this text file")
     ap.add_argument("--warmup", type=int, default=2)
@@ -67,9 +66,7 @@ def main():
     args = args_parser().parse_args()
     if not torch.cuda.is_available():
         sys.exit("this benchmark needs a CUDA GPU")
-    use_masked_backend(args.attention)
-    with sdpa_priority(args.sdpa):
-        run(args)
+    run(args)
 
 
 def profile(iteration, path: str) -> None:
@@ -91,7 +88,8 @@ def run(args):
     cfg = preset(args.preset)
     (C, T, H, W), Lc = SHAPES[args.preset]
     pattern = ChunkPattern.parse(args.pattern)
-    place = Placement(ParallelConfig(ac=args.ac, compile=args.compile, fsdp="on" if args.fsdp else "off"), dev)
+    place = Placement(ParallelConfig(ac=args.ac, compile=args.compile, fsdp="on" if args.fsdp else "off",
+                                     attention=args.attention, sdpa=args.sdpa), dev)
     methods = args.methods.split(",")
     teacher = place.build(cfg, trainable=False, seed=0)
     student = place.build(cfg, trainable=True, seed=1)

@@ -154,7 +154,8 @@ def test_bad_parallel_settings_are_refused():
     from causal_rcm.train.distributed import micro_batches
     from causal_rcm.train.parallelize import ParallelConfig
 
-    for key, value in (("ac", "some"), ("fsdp", "yes"), ("grad_accum", 0), ("param_dtype", "fp8")):
+    for key, value in (("ac", "some"), ("fsdp", "yes"), ("grad_accum", 0), ("param_dtype", "fp8"),
+                       ("attention", "dense"), ("sdpa", "flash")):
         with pytest.raises(ValueError, match=f"parallel.{key}"):
             ParallelConfig(**{key: value})
     with pytest.raises(ValueError, match="multiple of world size × grad_accum"):

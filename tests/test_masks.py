@@ -117,3 +117,21 @@ def test_split_attention_traces_without_graph_breaks():
     q, k, v = (torch.randn(1, 2, mask.seq_frames(T) * N, 16) for _ in range(3))
     explained = dynamo.explain(lambda q, k, v: attention(2 * q, k, v, mask, N, backend="split") + 1)(q, k, v)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+@pytest.mark.skipif(not hasattr(torch._C, "_get_sdp_priority_order"), reason="this torch has no SDPA priority order")
+def test_sdpa_order_puts_cudnn_first_and_restores_the_default():
+    from torch.nn.attention import SDPBackend
+
+    from causal_rcm.kernels.attention import use_sdpa_order
+
+    default = list(torch._C._get_sdp_priority_order())
+    use_sdpa_order("cudnn")
+    try:
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.CUDNN_ATTENTION)
+        use_sdpa_order("cudnn")  # choosing again stacks nothing
+    finally:
+        use_sdpa_order("default")
+    assert list(torch._C._get_sdp_priority_order()) == default
+    with pytest.raises(ValueError, match="'default' or 'cudnn'"):
+        use_sdpa_order("flash")

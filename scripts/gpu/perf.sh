@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16 in one device call: which attention kernels to use (benchmarks/attention_backends.py), the 1.3B
-# TF / TF-dCM / TF-sCM iterations with the split attention backend on cuDNN (TF profiled), the TF iteration
-# with FlexAttention as the same machine's baseline, and the 1.3B SF-DMD step with full checkpointing.
-# Logs and JSON come back as one perf.tar in $OUT.   OUT=out bash scripts/gpu/perf.sh
+# TF / TF-dCM / TF-sCM iterations with the split attention backend on cuDNN and compiled blocks (TF profiled),
+# TF with FlexAttention as the same machine's baseline, and the 1.3B SF-DMD step. Selective checkpointing
+# where it fits (a 141 GB H200), full checkpointing on an 80 GB H100. One perf.tar comes back in $OUT.
+#   OUT=out bash scripts/gpu/perf.sh
 source scripts/gpu/common.sh
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 R=/tmp/perf; mkdir -p $R
@@ -14,12 +15,13 @@ run1() {  # run1 NAME LIMIT command...
   tar -C $R -cf "$OUT/perf.tar" .  # after every step: a call cut short keeps what it measured
 }
 nvidia-smi -L
-W=(--preset wan2.1-1.3b --batch 1 --ac selective --compile --fsdp --iters 3 --warmup 2)
+MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+AC=full; [[ $MEM -gt 100000 ]] && AC=selective
+W=(--preset wan2.1-1.3b --batch 1 --ac $AC --compile --fsdp --iters 3 --warmup 2)
 run1 attention 60 python benchmarks/attention_backends.py --iters 5 --out $R/attention_backends.json
-run1 tf_split 200 python benchmarks/tf_iteration.py "${W[@]}" --methods tf,tf_dcm,tf_scm --attention split \
-    --sdpa cudnn --profile $R/tf_split_profile.txt --out $R/tf_split.json
-run1 sf_dmd 170 python benchmarks/sf_dmd_iteration.py --preset wan2.1-1.3b --batch 1 --ac full --fsdp \
-    --critic-ratio 1 --iters 1 --out $R/sf_dmd.json
-run1 tf_flex 90 python benchmarks/tf_iteration.py "${W[@]}" --methods tf --profile $R/tf_flex_profile.txt \
-    --out $R/tf_flex.json
+run1 tf_split 240 python benchmarks/tf_iteration.py "${W[@]}" --methods tf,tf_dcm,tf_scm --attention split \
+    --sdpa cudnn --profile $R/tf_split_profile.txt --out $R/tf_split_$AC.json
+run1 tf_flex 90 python benchmarks/tf_iteration.py "${W[@]}" --methods tf --out $R/tf_flex_$AC.json
+run1 sf_dmd 170 python benchmarks/sf_dmd_iteration.py --preset wan2.1-1.3b --batch 1 --ac $AC --fsdp \
+    --critic-ratio 1 --iters 1 --out $R/sf_dmd_$AC.json
 echo "[$(date +%T)] end"

@@ -29,6 +29,22 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f"causal-rcm {args.command}"
     try:
+        return _run(args, prog, Interrupted)
+    finally:
+        _leave_group()
+
+
+def _leave_group() -> None:
+    """Under torchrun: leave the process group before the interpreter exits (a group left to the exit
+    handlers can abort a rank in its communication threads' teardown)."""
+    from ..train import distributed as D
+
+    if D.initialized():
+        D.dist.destroy_process_group()
+
+
+def _run(args, prog: str, Interrupted) -> int:
+    try:
         args.fn(args)
     except Interrupted as e:
         _close_bars()

@@ -24,6 +24,25 @@ from ..masks import Mask, from_kernel_args
 
 BACKENDS = ("auto", "sdpa", "flex", "split", "math")
 _MASKED_CUDA = ["flex"]  # what "auto" runs for a masked attention on CUDA (``use_masked_backend``)
+_SDPA_ORDER: list = []   # the open kernel-order context of ``use_sdpa_order("cudnn")``
+
+
+def use_sdpa_order(name: str) -> None:
+    """Process-wide SDPA kernel order on CUDA: "default" (PyTorch's, flash first) or "cudnn" (cuDNN's fused
+    attention first, then flash, memory-efficient, math; a shape one cannot take falls through). Compiled
+    code fixes its kernel when it traces, so choose before the first compiled call."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    while _SDPA_ORDER:  # leave an earlier choice first
+        _SDPA_ORDER.pop().__exit__(None, None, None)
+    if name == "default":
+        return
+    if name != "cudnn":
+        raise ValueError(f"the SDPA kernel order is 'default' or 'cudnn', got {name!r}")
+    order = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                         SDPBackend.MATH], set_priority=True)
+    order.__enter__()
+    _SDPA_ORDER.append(order)
 
 
 def use_masked_backend(name: str) -> None:

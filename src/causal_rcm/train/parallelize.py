@@ -34,6 +34,7 @@ from ..models.wan import WanDiT
 
 AC_MODES = ("none", "full", "selective")
 FSDP_MODES = ("auto", "on", "off")
+MASKED_BACKENDS, SDPA_ORDERS = ("flex", "split"), ("default", "cudnn")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 BLOCK_METHODS = ("forward_jvp", "context_kv")
 ROOT_METHODS = ("forward_jvp", "context_kv")
@@ -53,8 +54,14 @@ class ParallelConfig:
     grad_accum: int = 1         # micro-batches per optimiser step: train.batch = world × micro-batch × grad_accum
     param_dtype: str = "bf16"   # the gathered block weights' dtype on CUDA (the CPU runs fp32)
     reduce_dtype: str = "fp32"  # gradient reduce-scatter dtype
+    attention: str = "flex"     # masked attention on CUDA: flex (FlexAttention) | split (dense SDPA pieces)
+    sdpa: str = "default"       # SDPA kernel order on CUDA: default (flash first) | cudnn (cuDNN's fused first)
 
     def __post_init__(self):
+        if self.attention not in MASKED_BACKENDS:
+            raise ValueError(f"parallel.attention must be one of {MASKED_BACKENDS}, got {self.attention!r}")
+        if self.sdpa not in SDPA_ORDERS:
+            raise ValueError(f"parallel.sdpa must be one of {SDPA_ORDERS}, got {self.sdpa!r}")
         if self.ac not in AC_MODES:
             raise ValueError(f"parallel.ac must be one of {AC_MODES}, got {self.ac!r}")
         if self.fsdp not in FSDP_MODES:

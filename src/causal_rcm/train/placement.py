@@ -33,6 +33,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from ..config import WanConfig
 from ..io import BundleError, bundle_header, check_bundle_tensors, save_bundle
+from ..kernels.attention import use_masked_backend, use_sdpa_order
 from ..models.loading import load_into, to_wan_names, wan_files_config
 from ..models.wan import WanDiT
 from . import distributed as D
@@ -67,6 +68,9 @@ def _rebuild(m: nn.Module) -> nn.Module:
 class Placement:
     def __init__(self, cfg: ParallelConfig, device: torch.device):
         self.cfg, self.device = cfg, torch.device(device)
+        if self.device.type == "cuda":  # the attention kernels, process-wide (kernels/attention.py)
+            use_masked_backend(cfg.attention)
+            use_sdpa_order(cfg.sdpa)
         world = D.world_size()
         if cfg.fsdp == "off" and world > 1:
             raise ValueError(f"parallel.fsdp=off runs in one process, but {world} were started; "
