@@ -3,7 +3,8 @@
 - ``mask is None``: plain SDPA (flash / memory-efficient kernels on GPU). Streaming with a KV cache is
   always this case: the cache holds exactly the keys the current block may see.
 - a mask on CUDA: FlexAttention with a block mask built from the mask's frame rule, compiled once and
-  cached per (mask, shape) (head sizes it cannot take fall back to the dense path).
+  cached per (mask, shape) (head sizes it cannot take fall back to the dense path); or the split backend
+  below, where ``use_masked_backend("split")`` chose it (``parallel.attention``).
 - a mask elsewhere (CPU, tests): SDPA with the dense boolean mask, cached per (mask, shape).
 - ``backend="split"``: the mask cut into dense pieces, one unmasked SDPA call per run of query frames that
   see the same key frames (keys gathered with one ``cat`` of whole-frame runs), so the GPU's dense kernels
