@@ -101,3 +101,16 @@ def test_a_world_model_starts_from_an_action_free_teacher(tmp_path):
     with torch.no_grad():
         v_a, v_b = a.net(x, t, ctx), b.net(x, t, ctx, actions=acts)
     assert v_a.abs().max() > 0 and (v_a - v_b).abs().max() <= 1e-5 * v_a.abs().max()
+
+
+def test_builtin_recipes_give_dmd_the_synthetic_data():
+    """SF-DMD's real score takes the CFG scale the synthetic data were drawn with from their manifest (METHOD.md
+    §5); a built-in recipe whose sf_dmd stage lacks ``data`` would silently fall back to the teacher's own."""
+    from causal_rcm.stages.recipe import builtin_recipes, load_recipe
+
+    for name in builtin_recipes():
+        stages = load_recipe(name)["stages"]
+        synths = {st.get("name", st["stage"]) for st in stages if st["stage"] == "synth"}
+        for st in stages:
+            if st["stage"] == "sf_dmd" and synths:
+                assert (st.get("inputs") or {}).get("data") in synths, (name, st)
