@@ -34,7 +34,7 @@ import torch
 from common import write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
-from causal_rcm.kernels.attention import use_sdpa_order
+from causal_rcm.kernels.attention import SDPA_ORDERS, use_sdpa_order
 from causal_rcm.kv_policy import FULL
 from causal_rcm.models import WanDiT
 from causal_rcm.stream.codec import PixelCodec, TinyDecoderCodec, WanVAECodec
@@ -108,7 +108,7 @@ def main():
     ap.add_argument("--decoders", default="none,taehv,wan_vae")
     ap.add_argument("--runs", default=None, help="pattern:steps pairs (c3-3:2,c1-1:1) instead of patterns x steps")
     ap.add_argument("--graphs", action="store_true", help="capture the per-chunk forward as a CUDA graph")
-    ap.add_argument("--sdpa", default="default", choices=("default", "cudnn"),
+    ap.add_argument("--sdpa", default="default", choices=SDPA_ORDERS,
                     help="cudnn: SDPA tries cuDNN's fused attention before flash")
     ap.add_argument("--steps-first", type=int, default=None, help="steps on the first chunk (default: --steps)")
     ap.add_argument("--context", default="clean", choices=["clean", "noisy"],

@@ -26,6 +26,7 @@ import torch
 from common import time_ms, write_result
 
 from causal_rcm.config import preset  # (common puts src on the path)
+from causal_rcm.kernels.attention import MASKED_CUDA_BACKENDS, SDPA_ORDERS
 from causal_rcm.models import ChunkPattern
 from causal_rcm.models.flops import FlopCounter
 from causal_rcm.objectives import tf as obj
@@ -50,9 +51,9 @@ def args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ac", default="none", choices=("none", "full", "selective"), help="activation checkpointing")
     ap.add_argument("--compile", action="store_true", help="torch.compile each block")
     ap.add_argument("--fsdp", action="store_true", help="FSDP2 over one GPU (the sharded code path)")
-    ap.add_argument("--attention", default="flex", choices=("flex", "split"),
+    ap.add_argument("--attention", default="flex", choices=MASKED_CUDA_BACKENDS,
                     help="parallel.attention: masked attention on CUDA, FlexAttention or dense SDPA pieces")
-    ap.add_argument("--sdpa", default="default", choices=("default", "cudnn"),
+    ap.add_argument("--sdpa", default="default", choices=SDPA_ORDERS,
                     help="parallel.sdpa: cudnn tries cuDNN's fused attention before flash")
     ap.add_argument("--profile", default=None, help="profile one more iteration of the first method: top kernels "
                     "by GPU time into this text file")
@@ -60,13 +61,6 @@ def args_parser() -> argparse.ArgumentParser:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--out", default="results/tf_iteration.json")
     return ap
-
-
-def main():
-    args = args_parser().parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("this benchmark needs a CUDA GPU")
-    run(args)
 
 
 def profile(iteration, path: str) -> None:
@@ -82,7 +76,10 @@ def profile(iteration, path: str) -> None:
     print(table, flush=True)
 
 
-def run(args):
+def main():
+    args = args_parser().parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("this benchmark needs a CUDA GPU")
     dev = torch.device("cuda")
     torch.set_float32_matmul_precision("high")
     cfg = preset(args.preset)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..masks import Mask, from_kernel_args
 
 BACKENDS = ("auto", "sdpa", "flex", "split", "math")
+MASKED_CUDA_BACKENDS, SDPA_ORDERS = ("flex", "split"), ("default", "cudnn")
 _MASKED_CUDA = ["flex"]  # what "auto" runs for a masked attention on CUDA (``use_masked_backend``)
 _SDPA_ORDER: list = []   # the open kernel-order context of ``use_sdpa_order("cudnn")``
 
@@ -34,12 +35,12 @@ def use_sdpa_order(name: str) -> None:
     code fixes its kernel when it traces, so choose before the first compiled call."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if name not in SDPA_ORDERS:
+        raise ValueError(f"the SDPA kernel order is 'default' or 'cudnn', got {name!r}")
     while _SDPA_ORDER:  # leave an earlier choice first
         _SDPA_ORDER.pop().__exit__(None, None, None)
     if name == "default":
         return
-    if name != "cudnn":
-        raise ValueError(f"the SDPA kernel order is 'default' or 'cudnn', got {name!r}")
     order = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                          SDPBackend.MATH], set_priority=True)
     order.__enter__()
@@ -49,7 +50,7 @@ def use_sdpa_order(name: str) -> None:
 def use_masked_backend(name: str) -> None:
     """Choose what ``backend="auto"`` runs for masked attention on CUDA: "flex" (FlexAttention with the block
     mask) or "split" (dense SDPA pieces, ``_split_attention``). Both compute the same attention."""
-    if name not in ("flex", "split"):
+    if name not in MASKED_CUDA_BACKENDS:
         raise ValueError(f"masked attention on CUDA runs 'flex' or 'split', got {name!r}")
     _MASKED_CUDA[0] = name
 

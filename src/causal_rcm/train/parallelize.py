@@ -30,11 +30,11 @@ import torch.nn as nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ..kernels.attention import MASKED_CUDA_BACKENDS, SDPA_ORDERS
 from ..models.wan import WanDiT
 
 AC_MODES = ("none", "full", "selective")
 FSDP_MODES = ("auto", "on", "off")
-MASKED_BACKENDS, SDPA_ORDERS = ("flex", "split"), ("default", "cudnn")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 BLOCK_METHODS = ("forward_jvp", "context_kv")
 ROOT_METHODS = ("forward_jvp", "context_kv")
@@ -58,8 +58,8 @@ class ParallelConfig:
     sdpa: str = "default"       # SDPA kernel order on CUDA: default (flash first) | cudnn (cuDNN's fused first)
 
     def __post_init__(self):
-        if self.attention not in MASKED_BACKENDS:
-            raise ValueError(f"parallel.attention must be one of {MASKED_BACKENDS}, got {self.attention!r}")
+        if self.attention not in MASKED_CUDA_BACKENDS:
+            raise ValueError(f"parallel.attention must be one of {MASKED_CUDA_BACKENDS}, got {self.attention!r}")
         if self.sdpa not in SDPA_ORDERS:
             raise ValueError(f"parallel.sdpa must be one of {SDPA_ORDERS}, got {self.sdpa!r}")
         if self.ac not in AC_MODES:
