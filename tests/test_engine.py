@@ -208,3 +208,26 @@ def test_realtime_frames_hand_over_every_block_of_the_stream(tiny_model):
     assert frames.shape == (1, T, H, W, C)  # the tiny model's 4 channels pass the identity codec as they are
     want = ((ref + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
     assert torch.equal(frames, want)
+
+
+@pytest.mark.parametrize("how", [FewStep("c1-4", 2, 1), FewStep("c1-4", 3, 2, context="noisy"),
+                                 EulerCFG("c1-4", steps=2, cfg=2.0)])
+def test_emit_hands_over_each_blocks_latents_before_its_context_write(tiny_model, how):
+    """``emit`` gets a block's x̂0 as soon as it exists: the cache does not hold the block yet where a context
+    write (a forward only the next block needs) follows; a noisy-context student whose last step's input
+    sits at t_ctx wrote it in that step already. And it is the block ``step`` returns."""
+    C, T, H, W = SHAPE
+    ctx = torch.randn(1, 5, TINY.text_dim)
+    engine = Engine(tiny_model, how, (C, H, W), max_frames=T)
+    state = engine.start(ctx, torch.zeros_like(ctx) if isinstance(how, EulerCFG) else None, Noise(7, [0], "cpu"))
+    seen = []
+    with torch.no_grad():
+        while state.frame < T:
+            b, before = state.block, state.cache.cached_frames
+            x, state = engine.step(state, decode=False,
+                                   emit=lambda x0: seen.append((x0.clone(), state.cache.cached_frames)))
+            assert torch.equal(seen[-1][0], x)
+            written_in_last_step = isinstance(how, FewStep) and how.noisy_write(b) and how.times_for(b)[-2] == how.t_ctx
+            assert seen[-1][1] == (state.cache.cached_frames if written_in_last_step else before)
+            assert before < state.cache.cached_frames
+    assert len(seen) == 2

@@ -103,12 +103,16 @@ def test_a_world_model_starts_from_an_action_free_teacher(tmp_path):
     assert v_a.abs().max() > 0 and (v_a - v_b).abs().max() <= 1e-5 * v_a.abs().max()
 
 
-def test_builtin_recipes_give_dmd_the_synthetic_data():
+def test_builtin_recipes_give_dmd_the_synthetic_data(monkeypatch):
     """SF-DMD's real score takes the CFG scale the synthetic data were drawn with from their manifest (METHOD.md
     §5); a built-in recipe whose sf_dmd stage lacks ``data`` would silently fall back to the teacher's own."""
-    from causal_rcm.stages.recipe import builtin_recipes, load_recipe
+    import yaml
+
+    from causal_rcm.stages.recipe import builtin_recipes, load_recipe, recipe_path, recipe_variables
 
     for name in builtin_recipes():
+        for var in recipe_variables(yaml.safe_load(recipe_path(name).read_text())):  # user paths (Wan2.1)
+            monkeypatch.setenv(var, "/nowhere")
         stages = load_recipe(name)["stages"]
         synths = {st.get("name", st["stage"]) for st in stages if st["stage"] == "synth"}
         for st in stages:

@@ -136,7 +136,13 @@ def _parse_value(text: str, current):
         return int(text)
     if isinstance(current, float):
         return float(text)
-    if isinstance(current, (tuple, list)) or current is None or isinstance(current, dict):
+    if current is None:  # an optional setting: a JSON value (number, list, null), else the text itself (a path)
+        try:
+            value = json.loads(text.replace("(", "[").replace(")", "]"))
+        except json.JSONDecodeError:
+            return text
+        return tuple(value) if isinstance(value, list) else value
+    if isinstance(current, (tuple, list)) or isinstance(current, dict):
         value = json.loads(text.replace("(", "[").replace(")", "]"))
         return tuple(value) if isinstance(current, tuple) else value
     return text

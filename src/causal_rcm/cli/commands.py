@@ -17,6 +17,9 @@ def _positive(name: str, v, allow_zero: bool = False):
 
 
 def _resolve_stage(stage: str, preset: str, overrides: list[str]):
+    if stage == "wan_teacher":
+        from ..stages.wan import resolve
+        return resolve(preset, overrides)
     if stage == "teacher":
         from ..stages.teacher import resolve
         return resolve(preset, overrides)
@@ -81,6 +84,11 @@ def _train(a):
 
     cfg = _resolve_stage(a.stage, a.preset, a.overrides)
     check_dir_writable(a.out, "--out")
+    if a.stage == "wan_teacher":  # imported from the user's Wan2.1 weights, not trained
+        from ..stages.wan import run_wan_teacher
+
+        print(f"  bundle       {run_wan_teacher(cfg, a.out)}")
+        return
     if a.stage == "teacher":
         from ..stages.teacher import train_teacher as run
     elif a.stage == "sf_dmd":
@@ -142,9 +150,14 @@ def _generate(a):
     start = load_samples(a.start_from) if a.start_from is not None else None
     bundle = Bundle.load(a.ckpt, device=a.device)
     sampling = with_overrides(bundle.sampling, steps=a.steps, cfg=a.cfg, shift=a.shift, steps_first=a.steps_first)
-    world = make_world(bundle.world_or_raise())
+    world = None if bundle.world is None else make_world(bundle.world)
     n = len(actions) if actions is not None else (len(start["videos"]) if start is not None else a.n)
-    prompts = choose_prompts(world, n, a.prompt, a.per_prompt, a.unconditional)
+    if world is not None:
+        prompts = choose_prompts(world, n, a.prompt, a.per_prompt, a.unconditional)
+    elif a.prompt is None and not a.unconditional:
+        raise ValueError("a free-text model (no built-in world) needs --prompt TEXT (or --unconditional)")
+    else:
+        prompts = [a.prompt or ""] * n
     if start is not None:
         if actions is None:
             actions = start.get("actions")
@@ -155,7 +168,7 @@ def _generate(a):
     videos = sample_videos(bundle, prompts, seed=a.seed, sampling=sampling, actions=actions, start_frames=start_frames)
     dt = time.time() - t0
     extra = {k: start[k] for k in ("game", "states") if start is not None and k in start}
-    save_samples(out, videos, prompts, actions, world=json.dumps(vars(world.config)),
+    save_samples(out, videos, prompts, actions, world=None if world is None else json.dumps(vars(world.config)),
                  context_frames=bundle.first_block_frames if start is not None else 0, **extra)
     media = write_media(videos[:64], out.with_suffix(""))
     print(f"generated {len(videos)} videos in {dt:.1f} s on {bundle.device}: {out}, " + ", ".join(map(str, media)))

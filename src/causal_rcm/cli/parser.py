@@ -5,7 +5,7 @@ import argparse
 
 from . import commands as cmds
 
-STAGES = ["teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"]
+STAGES = ["teacher", "wan_teacher", "tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"]
 
 EPILOG = """\
 presets: --preset blob-s (Blobworld 32x32, 21 frames, one GPU), blob-tiny (16x16, 9 frames, CPU minutes),

@@ -5,9 +5,10 @@ bidirectional teacher (``stages/synth.py`` draws them). A dataset is a shard fol
 
     DIR/manifest.json     the settings (``config``: teacher, seed, world, video_shape, sampling, prompts, ODE
                           times) and, per finished shard: file, count, first id, sha256, device
-    DIR/shard_00000.npz   videos uint8 [k, T, H, W, 3], prompts str [k], sample_ids int64 [k]; world models
-                          also actions int64 [k, T − 1]; with ODE snapshots also ode_states float16
-                          [k, K, C, T, H, W] (their grid times are the config's ``ode_grid_times``)
+    DIR/shard_00000.npz   videos uint8 [k, T, H, W, 3] (a teacher with a latent codec, Wan2.1: latents
+                          float16 [k, C, T, H, W] instead, config ``space: latent``), prompts str [k],
+                          sample_ids int64 [k]; world models also actions int64 [k, T − 1]; with ODE snapshots
+                          also ode_states float16 [k, K, C, T, H, W] (grid times: the config's ``ode_grid_times``)
 
 This module knows the format only: the sampler is a function ``make_shard(lo, hi) -> arrays`` passed in.
 Sizes (uncompressed; shards are zlib-compressed: Blobworld videos shrink several-fold, ODE states hardly):
@@ -59,7 +60,7 @@ def write_synthetic(out_dir: str | Path, n: int, shard_size: int, config: dict,
 
 def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
     """A synthetic dataset, concatenated over its valid shards in sample order: ``videos`` uint8
-    [N, T, H, W, 3], ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
+    [N, T, H, W, 3] (or ``latents`` float16 [N, C, T, H, W]), ``frames`` (T, H, W in pixels), ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
     models), ``config`` (the manifest's) and, with ``with_ode``, ``ode_states`` float16 [N, K, C, T, H, W]
     and ``ode_times`` float32 [K].
 
@@ -70,11 +71,18 @@ def read_synthetic(path: str | Path, with_ode: bool = False) -> dict:
     config = load_manifest(root)["config"]
     if with_ode and not config["ode_times"]:
         raise ValueError(f"{root} was written without ODE snapshots; rerun synth with --ode-times into a new folder")
-    keys = ["videos", "prompts"] + (["actions"] if config.get("actions") else []) + (["ode_states"] if with_ode else [])
+    main = "latents" if config.get("space") == "latent" else "videos"
+    keys = [main, "prompts"] + (["actions"] if config.get("actions") else []) + (["ode_states"] if with_ode else [])
     data = read_shards(root, keys, fmt=FORMAT)
     c, t, h, w = config["video_shape"]
-    if data["videos"].shape[1:] != (t, h, w, 3):
-        raise ValueError(f"{root}: videos are {data['videos'].shape[1:]}, the manifest says {(t, h, w, 3)}")
+    if main == "latents":
+        f, H, W = config["video"]["frames"], config["video"]["height"], config["video"]["width"]
+        want = (c, t, h, w)
+    else:
+        f, H, W, want = t, h, w, (t, h, w, 3)
+    if data[main].shape[1:] != want:
+        raise ValueError(f"{root}: {main} are {data[main].shape[1:]}, the manifest says {want}")
+    data["frames"] = (f, H, W)
     out = {**data, "prompts": [str(p) for p in data["prompts"]], "config": config}
     if with_ode:
         out["ode_times"] = np.asarray(config["ode_grid_times"], np.float32)

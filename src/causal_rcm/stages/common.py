@@ -55,3 +55,14 @@ def load_bundle_for(path: str, what: str, device, trainable: bool = False) -> Bu
     if not path:
         raise ValueError(f"this stage needs {what}= (a bundle path)")
     return Bundle.load(path, device=device, trainable=trainable)
+
+
+def evaluator(bundle: Bundle, tc, evaluate):
+    """The periodic evaluation of a run: ``evaluate`` for a world model; a free-text model (no world, so no
+    world metrics) runs without one and must say so with ``train.eval_every=0``."""
+    if bundle.world is not None:
+        return evaluate
+    if tc.eval_every > 0:
+        raise ValueError("a free-text model has no world metrics to evaluate during training: set "
+                         "train.eval_every=0")
+    return None

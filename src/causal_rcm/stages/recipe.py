@@ -13,15 +13,18 @@ Each stage writes RUN/<name>/ (name defaults to the stage) and hands its outputs
 folder) to later stages: ``inputs`` maps a config key to an earlier stage's name. A stage whose output
 already exists is skipped, so a killed recipe resumes where it was (and stages resume from checkpoints).
 Built-in recipes ship with the package (``causal_rcm/recipes/*.yaml``): ``causal-rcm run blob-tiny`` finds
-them by name, a path to a YAML file works too.
+them by name, a path to a YAML file works too. An override may name an environment variable as ``${NAME}``
+(the Wan2.1 recipe takes its weights' folder so); a recipe whose variables are unset is refused at once.
 
-Under ``torchrun`` every process runs every training stage together (each splits its batch over them);
-the synthetic data, the scores and the report are made by rank 0 alone.
+Under ``torchrun`` every process runs every training stage together (each splits its batch over them) and
+draws a share of the synthetic data; the scores and the report are made by rank 0 alone.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
 import yaml
@@ -76,13 +79,36 @@ def load_recipe(path: str | Path) -> dict:
                 raise ValueError(f"{path}: stage {name!r} takes {key} from {ref!r}, which does not run before it")
         names.add(name)
     recipe.setdefault("name", path.stem)
+    unset = [n for n in recipe_variables(recipe) if not os.environ.get(n)]
+    if unset:
+        raise ValueError(f"{path}: the recipe takes paths from the environment; set {', '.join(unset)} (see the "
+                         "comment at the top of the recipe)")
     return recipe
 
 
+_VAR = re.compile(r"\$\{(\w+)\}")
+
+
+def recipe_variables(recipe: dict) -> list[str]:
+    """The environment variables the recipe's overrides name as ``${NAME}`` (user paths: Wan2.1's weights)."""
+    names = []
+    for st in recipe["stages"]:
+        ov = st.get("overrides") or []
+        for o in (ov.values() if isinstance(ov, dict) else ov):
+            names += [n for n in _VAR.findall(str(o)) if n not in names]
+    return names
+
+
+def _expand(text: str) -> str:
+    return _VAR.sub(lambda m: os.environ[m.group(1)], text)
+
+
 def _overrides(st: dict, outputs: dict | None = None) -> list[str]:
-    """The stage's overrides plus ``key=<path>`` for each input taken from an earlier stage's output."""
+    """The stage's overrides (``${NAME}`` replaced by the environment variable) plus ``key=<path>`` for each
+    input taken from an earlier stage's output."""
     ov = st.get("overrides") or []
     out = [f"{k}={v}" for k, v in ov.items()] if isinstance(ov, dict) else [str(o) for o in ov]
+    out = [_expand(o) for o in out]
     for key, ref in (st.get("inputs") or {}).items():
         produced = outputs[ref]
         out.append(f"{key}={produced['data'] if key == 'data' else produced['bundle']}")
@@ -104,7 +130,7 @@ def _synth(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     from .synth import run_synth, synth_preset
 
     cfg = apply_overrides(synth_preset(st.get("preset", "blob-s")), _overrides(st, outputs))
-    return {"data": D.on_main(lambda: run_synth(cfg, run_dir, device))}
+    return {"data": run_synth(cfg, run_dir, device)}  # every process draws a share of each shard
 
 
 def _student(st: dict, run_dir: Path, outputs: dict, device) -> dict:
@@ -123,6 +149,13 @@ def _student(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     return {"bundle": bundle, "run_dir": run_dir, "world": world}
 
 
+def _wan_teacher(st: dict, run_dir: Path, outputs: dict, device) -> dict:
+    from .wan import resolve, run_wan_teacher
+
+    cfg = resolve(st.get("preset", "wan2.1-1.3b"), _overrides(st, outputs))
+    return {"bundle": run_wan_teacher(cfg, run_dir), "run_dir": run_dir, "world": None}
+
+
 def _world(st: dict, run_dir: Path, outputs: dict, device) -> dict:
     from .world_data import run_world_data
 
@@ -130,7 +163,8 @@ def _world(st: dict, run_dir: Path, outputs: dict, device) -> dict:
 
 
 STUDENT_STAGES = ("tf", "df", "tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd")
-STAGE_RUNNERS = {"world": _world, "teacher": _teacher, "synth": _synth, **{m: _student for m in STUDENT_STAGES}}
+STAGE_RUNNERS = {"world": _world, "teacher": _teacher, "wan_teacher": _wan_teacher, "synth": _synth,
+                 **{m: _student for m in STUDENT_STAGES}}
 
 
 def run_recipe(path: str | Path, out: str | Path | None = None, device=None) -> Path:
@@ -160,6 +194,8 @@ def run_stages(path: str | Path, out: str | Path | None = None, device=None):
     world = next(o["world"] for o in outputs.values() if "world" in o)
 
     def score() -> list:
+        if world is None:  # a free-text recipe (Wan2.1): no world to score against
+            return []
         rows = [score_data(world, ev)]
         for name, o in outputs.items():
             if "bundle" in o:

@@ -111,16 +111,23 @@ def stream_latency(bundle: Bundle, ev: EvalConfig, sampling=None, repeats: int =
     return {"ms/frame": 1000 * best[0] / bundle.world.frames, "first frame ms": 1000 * best[1]}
 
 
-def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig,
+def report(out: Path, title: str, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig | None,
            intro: str = "") -> Path:
     """out/report.md with the metrics table, training curves, and a sample strip + GIF per row."""
     sections = report_sections(out, scored, run_dirs, world, root=out)
     return write_report(out / "report.md", title, ([("About", intro)] if intro else []) + sections)
 
 
-def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig,
+def report_sections(out: Path, scored: list[Scored], run_dirs: dict[str, Path], world: WorldConfig | None,
                     root: Path) -> list[tuple[str, str]]:
-    """The report's sections; figures and samples are written under ``out``, linked relative to ``root``."""
+    """The report's sections; figures and samples are written under ``out``, linked relative to ``root``.
+    A free-text recipe (``world`` None: Wan2.1) has no world metrics: its report holds the training curves."""
+    if world is None:
+        curves = plot_curves(run_dirs, out / "plots" / "loss.png") if run_dirs else None
+        stages = "\n".join(f"- `{name}`: `{Path(d).relative_to(root).as_posix() if Path(d).is_relative_to(root) else d}`"
+                           for name, d in run_dirs.items())
+        return [("Stages", "A free-text model has no world metrics; the stages' run folders:\n\n" + stages)] + (
+            [("Training curves", image(curves.relative_to(root), "training loss per stage"))] if curves else [])
     w = make_world(world)
     (out / "samples").mkdir(parents=True, exist_ok=True)
     rows = []

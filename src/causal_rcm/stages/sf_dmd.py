@@ -39,7 +39,7 @@ from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, make_ema, run_loop
 from ..train.parallelize import ParallelConfig
 from ..train.placement import Placement
 from ..worlds.registry import make_world
-from .common import EvalConfig, begin_run
+from .common import EvalConfig, begin_run, evaluator
 from .report import evaluate_bundle
 from .tf import TFData
 
@@ -89,7 +89,17 @@ def dmd_preset(name: str) -> DMDConfig:
         return DMDConfig(train=dataclasses.replace(base, steps=2, batch=2, lr=5e-5, warmup=1, ckpt_every=2,
                                                    eval_every=0, num_workers=0),
                          critic_ratio=1, eval=EvalConfig(prompts=1, per_prompt=2, batch=2))
-    raise ValueError(f"unknown sf_dmd preset {name!r}; choose blob-s, blob-tiny, atari or atari-tiny")
+    if name in ("wan2.1-1.3b", "wan2.1-14b"):  # Self-Forcing's rates (generator 2e-6, critic 4e-7, ratio 5)
+        from .wan import wan_parallel
+
+        return DMDConfig(train=dataclasses.replace(base, steps=600, batch=8, lr=2e-6, warmup=20, ckpt_every=50,
+                                                   eval_every=0, log_every=10, num_workers=0),
+                         lr_critic=4e-7, parallel=wan_parallel(name, ac="full"))
+    if name == "wan-tiny":
+        return DMDConfig(train=dataclasses.replace(base, steps=2, batch=2, lr=5e-5, warmup=1, ckpt_every=2,
+                                                   eval_every=0, num_workers=0), critic_ratio=1)
+    raise ValueError(f"unknown sf_dmd preset {name!r}; choose blob-s, blob-tiny, atari, atari-tiny, wan2.1-1.3b, "
+                     "wan2.1-14b or wan-tiny")
 
 
 def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
@@ -126,8 +136,8 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
                   context=cfg.context or getattr(init_sp, "context", "clean"),
                   t_ctx=getattr(init_sp, "t_ctx", 5 / 8), ctx_start=getattr(init_sp, "ctx_start", 1))
     pattern = ChunkPattern.parse(how.pattern)
-    world, text = src.world_or_raise(), src.text_encoder
-    w = make_world(world)
+    world, text = src.world, src.text_encoder
+    w = None if world is None else make_world(world)
     gen_net = src.net
     real_net = real.net
     critic = place.load_bundle(cfg.teacher, "teacher", trainable=True).net
@@ -135,7 +145,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     gen_opt = Stepper(gen_net.parameters(), tc)
     critic_opt = Stepper(critic.parameters(), tc, lr=cfg.lr_critic)
     shape = src.latent_shape
-    prompts_all = w.prompts() or ("",)
+    prompts_all = _rollout_prompts(cfg, w)
     ids = local_ids(tc.batch, D.rank(), D.world_size())
     micro = place.micro_batches(ids)
     n_acc = len(micro)  # each micro-batch's loss is its mean: 1/n of it makes the rank's mean gradient
@@ -150,7 +160,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     def fake_fn(x, t, c, actions=None):
         return critic(x, t, c, actions=actions)
 
-    starts = w.starts_from_frames
+    starts = w is not None and w.starts_from_frames
     if starts and not cfg.data:
         raise ValueError(f"a {world.name} world model starts from real frames: give data= (its synthetic dataset), "
                          "whose first frames and actions start the rollouts")
@@ -228,7 +238,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         return m
 
     def ema_bundle() -> Bundle:
-        return Bundle(ema.model, text, how, world, "student", src.codec_config)
+        return Bundle(ema.model, text, how, world, "student", src.codec_config, video=src.video)
 
     def evaluate(step: int) -> dict:
         return evaluate_bundle(ema_bundle(), cfg.eval)
@@ -238,9 +248,23 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
         critic_opt.on_resume(step, extra, "critic")
 
     run_loop(tc, run_dir, step_fn, {"generator": gen_net, "critic": critic, "ema": ema},
-             {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluate, "sf_dmd", on_resume, resolved, D.is_main(),
+             {"gen": gen_opt.opt, "critic": critic_opt.opt}, evaluator(src, tc, evaluate), "sf_dmd", on_resume,
+             resolved, D.is_main(),
              D.mean_over_ranks)
     return place.save_bundle(ema_bundle(), run_dir / "model.safetensors", method="sf_dmd", w_real=w_real)
+
+
+def _rollout_prompts(cfg: DMDConfig, world) -> tuple[str, ...]:
+    """The prompts rollouts draw from: the world's, or a free-text model's synthetic dataset's (its distinct
+    prompts, the distribution the real score was sampled on)."""
+    if world is not None:
+        return world.prompts() or ("",)
+    if not cfg.data:
+        raise ValueError("a free-text model draws its rollout prompts from its synthetic data: give data=")
+    from ..data.shards import read_shards
+    from ..data.synthetic import FORMAT
+
+    return tuple(dict.fromkeys(str(p) for p in read_shards(cfg.data, ["prompts"], fmt=FORMAT)["prompts"]))
 
 
 def _joint_setup(cfg: DMDConfig, src: Bundle, pattern: ChunkPattern, dev, ids, place: Placement | None = None):

@@ -26,9 +26,11 @@ from ..data.synthetic import MANIFEST, check_ode_times, write_synthetic
 from ..flow import euler_sample
 from ..io import progress as progress_bar, write_json
 from ..runtime import autocast_for
+from ..runtime import resolve_device
 from ..seeding import derive
-from ..stream.bundle import Bundle
-from ..stream.codec import to_uint8, to_unit
+from ..train import distributed as D
+from ..stream.bundle import Bundle, stored_modules, text_encoder_config
+from ..stream.codec import PixelCodec, to_uint8, to_unit
 from ..stream.sample import euler_batch, video_actions
 from ..stream.sampling import Euler, to_dict, with_overrides
 from ..worlds.registry import make_world
@@ -63,7 +65,16 @@ def synth_preset(name: str) -> SynthConfig:
         return SynthConfig(teacher="", n=2048, batch=128)
     if name == "atari-tiny":
         return SynthConfig(teacher="", n=4, shard_size=4, batch=4)
-    raise ValueError(f"unknown synth preset {name!r}; choose blob-s, blob-tiny, atari or atari-tiny")
+    if name in ("wan2.1-1.3b", "wan2.1-14b"):  # Wan's own sampling (50 steps, CFG 5); prompts_file= is required
+        return SynthConfig(teacher="", n=4096, shard_size=64, batch=4)
+    if name in ("wan2.1-1.3b-ode", "wan2.1-14b-ode"):  # the ODE-init baseline's trajectories: 4 states of 4.2 MB
+        return SynthConfig(teacher="", n=512, shard_size=16, batch=4, steps=48, ode_times=ODE_INIT_TIMES)
+    if name == "wan-tiny":
+        return SynthConfig(teacher="", n=8, shard_size=4, batch=2)
+    if name == "wan-tiny-ode":
+        return SynthConfig(teacher="", n=8, shard_size=4, batch=2, steps=48, ode_times=ODE_INIT_TIMES)
+    raise ValueError(f"unknown synth preset {name!r}; choose blob-s, blob-tiny, atari, atari-tiny, wan2.1-1.3b(-ode), "
+                     "wan2.1-14b(-ode) or wan-tiny(-ode)")
 
 
 def world_prompt_order(world, n: int, seed: int) -> list[str]:
@@ -86,15 +97,17 @@ def check_prompts(world, prompts: Sequence[str], where: str = "") -> None:
                              "valid: " + ", ".join(repr(x) for x in valid))
 
 
-def read_prompts_file(path: str | Path, world) -> list[str]:
-    """One prompt per line (blank lines skipped), each one of the world's prompts."""
+def read_prompts_file(path: str | Path, world=None) -> list[str]:
+    """One prompt per line (blank lines skipped), each one of the world's prompts (a free-text model's
+    prompts are free)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no prompts file at {path}")
     prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path} holds no prompt (one prompt per line)")
-    check_prompts(world, prompts, where=f"{path}: ")
+    if world is not None:
+        check_prompts(world, prompts, where=f"{path}: ")
     return prompts
 
 
@@ -117,13 +130,15 @@ def teacher_sampling(bundle: Bundle, steps=None, cfg=None, shift=None) -> Euler:
 
 
 def weights_sha256(bundle: Bundle) -> str:
-    """sha256 over the teacher's fp32 weights (net, then text encoder): identifies the teacher whatever
-    file or dtype it was loaded from."""
+    """sha256 over the teacher's fp32 weights (net, then a stored text encoder; a referenced one, umT5,
+    by its config): identifies the teacher whatever file or dtype it was loaded from."""
     h = hashlib.sha256()
-    for name, module in (("net", bundle.net), ("text_encoder", bundle.text_encoder)):
+    for name, module in stored_modules(bundle.net, bundle.text_encoder).items():
         for k, v in sorted(module.state_dict().items()):
             h.update(f"{name}.{k}".encode())
             h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    if not getattr(bundle.text_encoder, "stored", True):
+        h.update(json.dumps(text_encoder_config(bundle.text_encoder), sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -133,14 +148,20 @@ def grid_times(sp: Euler, ode_times: list[float]) -> list[float]:
     return [float(t) for t in grid]
 
 
+def stores_latents(bundle: Bundle) -> bool:
+    """Whether a teacher's synthetic data hold latents (a latent codec: what its students train on, saved
+    from a decode and a lossy re-encode) rather than uint8 pixel videos."""
+    return not isinstance(bundle.codec, PixelCodec)
+
+
 @torch.no_grad()
 def teacher_samples(bundle: Bundle, prompts: Sequence[str], seed: int, start: int, sp: Euler,
                     actions: np.ndarray | None = None, ode_times: Sequence[float] | None = None, batch: int = 64,
                     bar=None, first_frames: np.ndarray | None = None):
-    """Videos uint8 [N, T, H, W, 3] of the bidirectional teacher, prompts[j] from noise (seed, start + j)
-    (and actions[j] for a world model, from ``first_frames[j]`` uint8 [P, H, W, 3] when given); with
-    ``ode_times`` also the trajectory states float16 [N, K, C, T, H, W] at the nearest grid times float32 [K]
-    (else None, None)."""
+    """Videos uint8 [N, T, H, W, 3] of the bidirectional teacher (latents float16 [N, C, T, H, W] for a
+    latent codec, ``stores_latents``), prompts[j] from noise (seed, start + j) (and actions[j] for a world
+    model, from ``first_frames[j]`` uint8 [P, H, W, 3] when given); with ``ode_times`` also the trajectory
+    states float16 [N, K, C, T, H, W] at the nearest grid times float32 [K] (else None, None)."""
     dev = bundle.device
     T = bundle.latent_shape[1]
     videos, states, grid = [], [], None
@@ -155,7 +176,10 @@ def teacher_samples(bundle: Bundle, prompts: Sequence[str], seed: int, start: in
         else:
             x0, st, grid = out
             states.append(st.to("cpu", torch.float16).numpy())
-        videos.append(to_uint8(bundle.codec.decode(x0.float(), bundle.codec.init_state(len(chunk)))[0]))
+        if stores_latents(bundle):
+            videos.append(x0.to("cpu", torch.float16).numpy())
+        else:
+            videos.append(to_uint8(bundle.codec.decode(x0.float(), bundle.codec.init_state(len(chunk)))[0]))
     if ode_times is None:
         return np.concatenate(videos), None, None
     return np.concatenate(videos), np.concatenate(states), grid.numpy().astype(np.float32)
@@ -163,7 +187,10 @@ def teacher_samples(bundle: Bundle, prompts: Sequence[str], seed: int, start: in
 
 def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, progress: bool = True) -> Path:
     """Load the teacher, write DIR/config.json (the settings with the bundle's sampling resolved) and the
-    dataset (``write_synthetic``); returns ``out_dir``."""
+    dataset (``write_synthetic``); returns ``out_dir``.
+
+    Under torchrun every process calls it: each shard's samples are split over the processes (sample i is
+    the same whichever process draws it), rank 0 gathers and writes them (``_RankShards``)."""
     out = Path(out_dir)
     if not Path(cfg.teacher).is_file():
         raise FileNotFoundError(f"no teacher bundle at {cfg.teacher}")
@@ -173,20 +200,26 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
     if int(cfg.seed) != cfg.seed or cfg.seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
     ode = None if cfg.ode_times is None else check_ode_times(cfg.ode_times)
-    bundle = Bundle.load(cfg.teacher, device=device)
-    world = make_world(bundle.world_or_raise())
+    dev = D.init_from_env(resolve_device(device))
+    bundle = Bundle.load(cfg.teacher, device=dev)
+    world = None if bundle.world is None else make_world(bundle.world)
     sp = teacher_sampling(bundle, cfg.steps, cfg.cfg, cfg.shift)
     if cfg.prompts_file is None:
+        if world is None:
+            raise ValueError("a free-text teacher (no built-in world) samples the prompts of a file: give "
+                             "prompts_file= (one prompt per line)")
         plist, prompt_source = world_prompt_order(world, cfg.n, cfg.seed), {"source": "world"}
     else:
         prompts = read_prompts_file(cfg.prompts_file, world)
         plist = [prompts[i % len(prompts)] for i in range(cfg.n)]
         prompt_source = {"source": "list", "count": len(prompts),
                          "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
-    with_actions = bool(world.action_names)
-    source = _source(cfg, bundle, world)
+    with_actions = world is not None and bool(world.action_names)
+    source = None if world is None else _source(cfg, bundle, world)
+    space = "latent" if stores_latents(bundle) else "pixel"
     config = {"teacher": {"path": str(cfg.teacher), "weights_sha256": weights_sha256(bundle)},
-              "seed": int(cfg.seed), "world": asdict(bundle.world), "video_shape": list(bundle.latent_shape),
+              "seed": int(cfg.seed), "world": None if world is None else asdict(bundle.world),
+              "video": asdict(bundle.video_size), "space": space, "video_shape": list(bundle.latent_shape),
               "sampling": to_dict(sp), "prompts": prompt_source, "actions": with_actions,
               "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode),
               "data": None if source is None else source["sha256"],
@@ -201,25 +234,70 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
             acts = world.behaviour_actions([derive(cfg.seed, i) for i in range(lo, hi)]) if with_actions else None
         first = None if source is None or source["first"] is None else source["first"][rows]
         bar = progress_bar(total=hi - lo, desc=f"videos {lo}..{hi - 1}", unit="video", leave=False,
-                           disable=not progress)
+                           disable=not progress or not D.is_main())
         videos, states, _ = teacher_samples(bundle, plist[lo:hi], cfg.seed, lo, sp, acts, ode, cfg.batch, bar,
                                             first)
         bar.close()
-        arrays = {"videos": videos, "prompts": np.array(plist[lo:hi], dtype=str)}
+        arrays = {"latents" if space == "latent" else "videos": videos, "prompts": np.array(plist[lo:hi], dtype=str)}
         if acts is not None:
             arrays["actions"] = acts
         if ode is not None:
             arrays["ode_states"] = states
         return arrays
 
-    resolved = {"stage": "synth", **asdict(cfg), "sampling": to_dict(sp), "world": asdict(bundle.world)}
-    # config.json never overwrites the record of another dataset: before sampling it is written into a new
-    # folder only; write_synthetic refuses other settings, so once it returns the settings are this one's
-    if not (out / MANIFEST).is_file():
+    resolved = {"stage": "synth", **asdict(cfg), "sampling": to_dict(sp), "world": config["world"],
+                "video": config["video"], "world_size": D.world_size()}
+    shards = _RankShards(make_shard)
+    if not D.is_main():
+        shards.follow()
+        return out
+    try:
+        # config.json never overwrites the record of another dataset: before sampling it is written into a new
+        # folder only; write_synthetic refuses other settings, so once it returns the settings are this one's
+        if not (out / MANIFEST).is_file():
+            write_json(out / "config.json", resolved)
+        write_synthetic(out, cfg.n, cfg.shard_size, config, shards.lead, progress, str(bundle.device))
         write_json(out / "config.json", resolved)
-    write_synthetic(out, cfg.n, cfg.shard_size, config, make_shard, progress, str(bundle.device))
-    write_json(out / "config.json", resolved)
+    except BaseException as e:
+        shards.finish(f"{type(e).__name__}: {e}")
+        raise
+    shards.finish()
     return out
+
+
+class _RankShards:
+    """Shards made by every process together: rank 0 (inside ``write_synthetic``) announces each range,
+    every rank draws a contiguous share of it, rank 0 gathers the pieces in sample order; at the end rank 0
+    says whether it succeeded, and the others return or raise with it. In one process: ``make_shard``."""
+
+    def __init__(self, make_shard):
+        self.make_shard = make_shard
+
+    def _piece(self, lo: int, hi: int) -> dict | None:
+        r, n = D.rank(), D.world_size()
+        a, b = lo + (hi - lo) * r // n, lo + (hi - lo) * (r + 1) // n
+        return self.make_shard(a, b) if b > a else None
+
+    def lead(self, lo: int, hi: int) -> dict:
+        if D.world_size() == 1:
+            return self.make_shard(lo, hi)
+        D.broadcast_object(("shard", lo, hi))
+        pieces = [p for p in D.gather_objects(self._piece(lo, hi)) if p is not None]
+        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+    def follow(self) -> None:
+        while True:
+            job = D.broadcast_object(None)
+            if job[0] == "shard":
+                D.gather_objects(self._piece(*job[1:]))
+            elif job[0] == "failed":
+                raise RuntimeError(f"synth failed on rank 0 ({job[1]})")
+            else:
+                return
+
+    def finish(self, error: str | None = None) -> None:
+        if D.world_size() > 1:
+            D.broadcast_object(("done",) if error is None else ("failed", error))
 
 
 def _source(cfg: SynthConfig, bundle: Bundle, world) -> dict | None:

@@ -32,7 +32,7 @@ from ..train import distributed as D
 from ..train.loop import Stepper, TrainConfig, make_ema, run_loop
 from ..train.parallelize import ParallelConfig
 from ..train.placement import Placement, dual_time
-from .common import EvalConfig, begin_run
+from .common import EvalConfig, begin_run, evaluator
 from .report import evaluate_bundle
 
 
@@ -91,7 +91,23 @@ def tf_preset(name: str, method_name: str) -> TFConfig:
         return TFConfig(method=method_name, pattern="c1-4",
                         train=TrainConfig(steps=2, batch=2, lr=1e-4, warmup=1, ckpt_every=2, eval_every=0, num_workers=0),
                         sampling=Sampling(teacher_steps=3, cfg=2.0), eval=EvalConfig(prompts=1, per_prompt=2, batch=2))
-    raise ValueError(f"unknown preset {name!r} for stage {method_name}; choose blob-s, blob-tiny, atari or atari-tiny")
+    if name in ("wan2.1-1.3b", "wan2.1-14b"):
+        # the data were drawn at Wan's CFG 5 and the causal teacher learnt them: the CM students distil it
+        # unguided (w_cfg 1), as blob-tiny does (guiding it again doubled the guidance, claims.md)
+        from .wan import wan_parallel
+
+        return TFConfig(method=method_name, objective=Objective(w_cfg=1.0),
+                        train=TrainConfig(steps=2000 if teacher_like else 1000, batch=8,
+                                          lr=2e-5 if teacher_like else 1e-5, warmup=50, ckpt_every=100,
+                                          eval_every=0, log_every=10, num_workers=0),
+                        sampling=Sampling(cfg=5.0, shift=5.0), parallel=wan_parallel(name))
+    if name == "wan-tiny":  # 17 frames of 32x48: 5 latent frames, a first block of 1 and one of 4
+        return TFConfig(method=method_name, pattern="c1-4", objective=Objective(w_cfg=1.0),
+                        train=TrainConfig(steps=2, batch=2, lr=1e-4, warmup=1, ckpt_every=2, eval_every=0,
+                                          num_workers=0),
+                        sampling=Sampling(teacher_steps=3, cfg=5.0, shift=5.0))
+    raise ValueError(f"unknown preset {name!r} for stage {method_name}; choose blob-s, blob-tiny, atari, atari-tiny, "
+                     "wan2.1-1.3b, wan2.1-14b or wan-tiny")
 
 
 def resolve(preset_name: str, method_name: str, overrides: list[str]) -> TFConfig:
@@ -153,11 +169,18 @@ class TFData:
         self.n_actions = bundle.net.cfg.action_dim
         if self.n_actions and "actions" not in self.data:
             raise ValueError(f"{path} holds no actions, but the model is a world model")
+        shape = tuple(self.data["latents"].shape[1:]) if "latents" in self.data else None
+        if shape is not None and shape != tuple(bundle.latent_shape):
+            raise ValueError(f"{path} holds latents {shape}; the model takes {tuple(bundle.latent_shape)}")
 
     def batch(self, step: int, ids, tag: int = DATA) -> tuple[obj.Batch, SampleRandom]:
         rng = SampleRandom(self.seed, tag, step, ids, self.device)
-        idx = rng.randint(len(self.data["videos"])).cpu().numpy()
-        x0 = self.bundle.codec.encode(to_unit(self.data["videos"][idx]).to(self.device))
+        if "latents" in self.data:  # a latent teacher's data are already in the network's space
+            idx = rng.randint(len(self.data["latents"])).cpu().numpy()
+            x0 = torch.from_numpy(self.data["latents"][idx]).to(self.device, torch.float32)
+        else:
+            idx = rng.randint(len(self.data["videos"])).cpu().numpy()
+            x0 = self.bundle.codec.encode(to_unit(self.data["videos"][idx]).to(self.device))
         eps, eps_ctx = rng.randn(*x0.shape[1:]), rng.randn(*x0.shape[1:])
         ctx, ctx_u = self.bundle.contexts([self.data["prompts"][i] for i in idx])
         actions = None
@@ -182,7 +205,7 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     # the init's blocks, MeanFlow adds the r-embedding (zero last layer: it starts as the network it came from)
     net_config, rename = student_network(cfg.student_layers, m.dual_time)
     src = place.load_bundle(cfg.init, "init", trainable=True, net_config=net_config, rename=rename)
-    net, world = src.net, src.world_or_raise()
+    net = src.net
     pattern.check(src.latent_shape[1])
     data = TFData(cfg.data, src, m.needs_ode, tc.seed, dev)
     teacher = place.load_bundle(cfg.teacher, "teacher").net if m.needs_teacher else None
@@ -210,12 +233,14 @@ def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> P
     kind = "causal_teacher" if m.makes_causal_teacher else "student"
 
     def ema_bundle() -> Bundle:
-        return Bundle(ema.model, src.text_encoder, bundle_sampling(cfg), world, kind, src.codec_config)
+        return Bundle(ema.model, src.text_encoder, bundle_sampling(cfg), src.world, kind, src.codec_config,
+                      video=src.video)
 
     def evaluate(step: int) -> dict:
         return evaluate_bundle(ema_bundle(), cfg.eval)
 
-    done = run_loop(tc, run_dir, step_fn, {"net": net, "ema": ema}, {"opt": stepper.opt}, evaluate, cfg.method,
+    done = run_loop(tc, run_dir, step_fn, {"net": net, "ema": ema}, {"opt": stepper.opt},
+                    evaluator(src, tc, evaluate), cfg.method,
                     stepper.on_resume, resolved, D.is_main(), D.mean_over_ranks)
     if cfg.method == "tf_scm" and cfg.objective.scm_warmup > 0:
         r_end = obj.tangent_warmup(done, round(cfg.objective.scm_warmup * tc.steps))

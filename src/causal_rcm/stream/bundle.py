@@ -4,10 +4,14 @@ On disk a bundle is one ``.safetensors`` file (``io.save_bundle``: ``net.*`` and
 a checksum, and the config in its metadata):
 
     {"kind": "teacher" | "causal_teacher" | "student", "model": {...WanConfig...},
-     "text_encoder": {"kind": "world", ...}, "world": {...WorldConfig...} (optional for free-text models),
-     "codec": {"kind": "pixel"} (optional), "sampling": {"method": "euler" | "causal_euler" | "few_step", ...},
-     ... (extras such as "method": "tf_scm")}
+     "text_encoder": {"kind": "world", ...} | {"kind": "umt5", "path": ..., "tokenizer": ...},
+     "world": {...WorldConfig...} | "video": {"frames": 81, "height": 480, "width": 832},
+     "codec": {"kind": "pixel" | "wan_vae" | "taehv", ...} (optional),
+     "sampling": {"method": "euler" | "causal_euler" | "few_step", ...}, ... (extras such as "method": "tf_scm")}
 
+A model of a built-in world names its world (which gives the video size, prompts and metrics); a free-text
+model (Wan2.1) names its video size instead. The world's small text encoder is stored in the bundle; the
+umT5 encoder (5.7B parameters) and the Wan VAE are referenced by the paths the user gave, never copied.
 ``Bundle.load`` builds every part from that config (the text encoder by its ``kind``) and hands back frozen
 modules on the requested device; a stage that trains one asks for ``trainable=True``. Sampling lives in
 ``stream/sample.py``; the typed sampling in ``stream/sampling.py``.
@@ -15,6 +19,8 @@ modules on the requested device; a stage that trains one asks for ``trainable=Tr
 from __future__ import annotations
 
 import dataclasses
+import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +47,44 @@ def _world_text_encoder(cfg: dict, tensors: dict | None) -> TextEncoder:
     return te
 
 
-TEXT_ENCODERS = {"world": _world_text_encoder}
+_SHARED_ENCODERS: "weakref.WeakValueDictionary[str, TextEncoder]" = weakref.WeakValueDictionary()
+
+
+def _umt5_text_encoder(cfg: dict, tensors: dict | None) -> TextEncoder:
+    """The umT5 encoder a bundle refers to. Frozen and the same for every bundle of a recipe, so the bundles
+    of one process share one instance (a stage loads up to three bundles: 11 GB each otherwise)."""
+    from ..models.text.umt5 import UMT5Config, UMT5TextEncoder
+
+    if tensors:
+        raise BundleError("a umT5 text encoder is referenced by its path; the bundle must not hold its tensors")
+    key = json.dumps(cfg, sort_keys=True)
+    te = _SHARED_ENCODERS.get(key)
+    if te is None:
+        te = UMT5TextEncoder(UMT5Config.from_dict({k: v for k, v in cfg.items() if k != "kind"}))
+        _SHARED_ENCODERS[key] = te
+    return te
+
+
+TEXT_ENCODERS = {"world": _world_text_encoder, "umt5": _umt5_text_encoder}
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """The pixel size of a free-text model's videos (a world model's comes from its world)."""
+
+    frames: int
+    height: int
+    width: int
+
+    def __post_init__(self):
+        for k in ("frames", "height", "width"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"video.{k} must be a positive integer, got {v!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoSize":
+        return cls(**d)
 
 
 def net_config(config: dict) -> WanConfig:
@@ -54,6 +97,11 @@ def text_encoder_config(te: TextEncoder) -> dict:
     return {"kind": getattr(te, "kind", "world"), **te.cfg.to_dict()}
 
 
+def stored_modules(net, text_encoder) -> dict:
+    """What a bundle file holds: the network, and the text encoder unless it is referenced by path (umT5)."""
+    return {"net": net, **({"text_encoder": text_encoder} if getattr(text_encoder, "stored", True) else {})}
+
+
 @dataclass
 class Bundle:
     net: WanDiT
@@ -63,10 +111,13 @@ class Bundle:
     kind: str = "teacher"
     codec_config: dict | None = None
     extra: dict = field(default_factory=dict)
+    video: VideoSize | None = None  # a free-text model's video size (world models: None, the world's)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown bundle kind {self.kind!r}; one of {KINDS}")
+        if (self.world is None) == (self.video is None):
+            raise ValueError("a bundle names either its world or (a free-text model) its video size")
         self.codec: VideoCodec = make_codec(self.codec_config)
 
     # ----- files ------------------------------------------------------------------------------------
@@ -92,25 +143,30 @@ class Bundle:
                 raise BundleError(f"{path}: unknown text encoder kind {te_kind!r}; known: {sorted(TEXT_ENCODERS)}")
             te = TEXT_ENCODERS[te_kind](te_cfg, groups.get("text_encoder"))
             world = WorldConfig.from_dict(config["world"]) if config.get("world") else None
+            video = VideoSize.from_dict(config["video"]) if config.get("video") else None
             sampling = sampling_from_dict(config.get("sampling", {}))
         except (KeyError, RuntimeError, TypeError) as e:
             raise BundleError(f"{path}: the bundle's tensors do not fit its config ({str(e).splitlines()[0]})") from None
+        if (world is None) == (video is None):
+            raise BundleError(f"{path}: the bundle config names {'both' if world else 'neither'} a 'world' "
+                              f"{'and' if world else 'nor'} a 'video' size; it needs exactly one")
         extra = {k: v for k, v in config.items()
-                 if k not in ("kind", "model", "text_encoder", "world", "sampling", "codec")}
-        return cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra)
+                 if k not in ("kind", "model", "text_encoder", "world", "video", "sampling", "codec")}
+        return cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra, video)
 
     def config(self) -> dict:
         out = {"kind": self.kind, "model": self.net.cfg.to_dict(), "text_encoder": text_encoder_config(self.text_encoder),
                "world": None if self.world is None else dataclasses.asdict(self.world),
                "sampling": to_dict(self.sampling), **self.extra}
+        if self.video is not None:
+            out["video"] = dataclasses.asdict(self.video)
         if self.codec_config is not None:
             out["codec"] = self.codec_config
         return out
 
     def save(self, path: str | Path, dtype: torch.dtype | None = None, **extra) -> Path:
         """Write the network and text encoder as a bundle; ``extra`` joins the config (e.g. method=...)."""
-        return save_bundle(path, {"net": self.net, "text_encoder": self.text_encoder}, {**self.config(), **extra},
-                           dtype)
+        return save_bundle(path, stored_modules(self.net, self.text_encoder), {**self.config(), **extra}, dtype)
 
     # ----- placement ----------------------------------------------------------------------------------
     def to(self, device=None, trainable: bool = False) -> "Bundle":
@@ -129,10 +185,17 @@ class Bundle:
         return isinstance(self.sampling, (FewStep, EulerCFG))
 
     @property
+    def video_size(self) -> VideoSize:
+        """Frames, height and width of one video in pixels (the world's, or a free-text model's own)."""
+        if self.world is not None:
+            return VideoSize(self.world.frames, self.world.size, self.world.size)
+        return self.video
+
+    @property
     def latent_shape(self) -> tuple[int, int, int, int]:
         """(C, T, H, W) of one video in the network's space."""
-        w = self.world_or_raise()
-        C, T, H, W = self.codec.latent_shape(w.frames, w.size, w.size)
+        v = self.video_size
+        C, T, H, W = self.codec.latent_shape(v.frames, v.height, v.width)
         if C != self.net.cfg.in_dim:
             raise BundleError(f"the codec gives {C} channels, the network takes {self.net.cfg.in_dim}")
         return C, T, H, W
@@ -148,7 +211,8 @@ class Bundle:
 
     def world_or_raise(self) -> WorldConfig:
         if self.world is None:
-            raise ValueError("this bundle names no built-in world: give the video size explicitly")
+            raise ValueError("this is a free-text model (no built-in world): it has no world prompts, actions or "
+                             "metrics")
         return self.world
 
     def engine(self, policy: KVPolicy | None = None, graphs: bool = False):

@@ -189,13 +189,16 @@ class Engine:
             self._forward(state, xin.detach(), tin, a, write=True)
 
     def step(self, state: StreamState, actions: Actions | None = None, *, n_steps: int | None = None,
-             grad_last: bool = False, decode: bool = True, sync: bool = True) -> tuple[torch.Tensor, StreamState]:
+             grad_last: bool = False, decode: bool = True, sync: bool = True,
+             emit: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, StreamState]:
         """Generate the next block: (its frames, the state, updated in place).
 
         ``actions``: the block's frames' actions. ``n_steps`` (few-step only) exits after that many steps
         and ``grad_last`` runs the last one with autograd (the self-forcing rollout); ``decode=False``
         returns the latent x̂0 instead of decoded frames; ``sync=False`` leaves the GPU work queued (the block's
-        seconds then count the host's enqueue time only: ``stream/realtime.py`` overlaps decoding with it)."""
+        seconds then count the host's enqueue time only: ``stream/realtime.py`` overlaps decoding with it);
+        ``emit(x̂0)`` is called as soon as the block's latents exist, before its context write (the forward
+        the next block needs, not this block's frames): a consumer can start decoding them meanwhile."""
         t_start = time.perf_counter()
         b = state.block
         s, e = self.pattern.block_bounds(b)
@@ -216,6 +219,8 @@ class Engine:
             reuse = sp.noisy_write(b) and times[n - 1] == sp.t_ctx  # the last input already sits at t_ctx
             x, last = few_step_block(v_of, x, times, lambda k, shp: state.noise.draw((b, k), shp), n_steps=n,
                                      write_last=reuse, grad_last=grad_last)
+            if emit is not None:
+                emit(x)
             if sp.noisy_write(b) and not reuse:
                 eps = state.noise.draw((b, CTX_NOISE_TAG), tuple(x.shape[1:]))
                 t_c = torch.full((B,), sp.t_ctx, device=x.device)
@@ -230,6 +235,8 @@ class Engine:
             grid = euler_times(n, sp.shift, x.device)
             for k in range(n):
                 x = x + (grid[k + 1] - grid[k]) * v_of(x, grid[k])
+            if emit is not None:
+                emit(x)
             self._write(state, x, torch.zeros(B, device=x.device), actions)
         state.block += 1
         if decode:

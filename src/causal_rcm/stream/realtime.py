@@ -1,7 +1,8 @@
 """Streaming in real time: each block's frames reach the consumer as soon as they exist.
 
-On a GPU the decoder runs on a second CUDA stream, overlapped with the next block's denoising on the main
-stream (an event orders the two), the frames are converted to uint8 on the GPU and copied into pinned host
+On a GPU the decoder runs on a second CUDA stream, queued as soon as a block's latents exist (before its
+context write) and overlapped with that write and the next block's denoising on the main stream (an event
+orders the two), the frames are converted to uint8 on the GPU and copied into pinned host
 memory asynchronously, and a block is handed over once its copy has landed. On a CPU the same loop runs in
 order. ``realtime_frames`` yields ``(block, frames uint8 [B, f, H, W, 3], seconds since start)``; the
 latency protocol (``benchmarks/stream_latency.py``) is built on those times.
@@ -33,28 +34,33 @@ def realtime_frames(engine: Engine, state: StreamState, frames: int, actions: Ac
     while state.frame < frames:
         b = state.block
         s, e = engine.pattern.block_bounds(b)
-        x0, state = engine.step(state, None if actions is None else actions.frames_slice(s, e), decode=False,
-                                sync=not cuda)
         if not cuda:
+            x0, state = engine.step(state, None if actions is None else actions.frames_slice(s, e), decode=False)
             f, state.codec_state = engine.codec.decode(x0, state.codec_state)
             yield b, _to_uint8(f).numpy(), time.perf_counter() - t0
             continue
-        made = torch.cuda.Event()
-        made.record()
-        with torch.cuda.stream(side):
-            side.wait_event(made)
-            x0.record_stream(side)
-            f, state.codec_state = engine.codec.decode(x0, state.codec_state)
-            u8 = _to_uint8(f)
-            host = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
-            host.copy_(u8, non_blocking=True)
-            landed = torch.cuda.Event()
-            landed.record(side)
+        out = {}
+
+        def decode(x0: torch.Tensor) -> None:  # queued once the latents exist, beside the context write
+            made = torch.cuda.Event()
+            made.record()
+            with torch.cuda.stream(side):
+                side.wait_event(made)
+                x0.record_stream(side)
+                f, state.codec_state = engine.codec.decode(x0, state.codec_state)
+                u8 = _to_uint8(f)
+                out["host"] = torch.empty(u8.shape, dtype=torch.uint8, pin_memory=True)
+                out["host"].copy_(u8, non_blocking=True)
+                out["landed"] = torch.cuda.Event()
+                out["landed"].record(side)
+
+        state = engine.step(state, None if actions is None else actions.frames_slice(s, e), decode=False,
+                            sync=False, emit=decode)[1]
         if pending is not None:  # the previous block's frames, ready while this block denoises
             pb, ev, h = pending
             ev.synchronize()
             yield pb, h.numpy(), time.perf_counter() - t0
-        pending = (b, landed, host)
+        pending = (b, out["landed"], out["host"])
     if pending is not None:
         pb, ev, h = pending
         ev.synchronize()

@@ -98,6 +98,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def gather_objects(obj) -> list | None:
+    """Every rank's ``obj`` in rank order on rank 0 (None on the others)."""
+    if not initialized() or world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def barrier() -> None:
     if initialized() and world_size() > 1:
         dist.barrier()

@@ -214,7 +214,9 @@ class Placement:
 
     def save_bundle(self, bundle, path: str | Path, **extra) -> Path:
         """Write ``bundle`` (its network possibly sharded) as a bundle file from rank 0; a collective."""
-        tensors = {"net": self.full_state_dict(bundle.net), "text_encoder": self.full_state_dict(bundle.text_encoder)}
+        from ..stream.bundle import stored_modules
+
+        tensors = {k: self.full_state_dict(m) for k, m in stored_modules(bundle.net, bundle.text_encoder).items()}
         if D.is_main():
             save_bundle(path, tensors, {**bundle.config(), **extra})
         D.barrier()

@@ -281,8 +281,12 @@ class UMT5TextEncoder(TextEncoder):
     """Frozen umT5 encoder: prompts -> Wan2.1 context [B, max_len, d_model] (XXL: [B, 512, 4096]).
 
     ``encode`` runs under no_grad: its output is a constant input of the DiT. The encoder stays in eval
-    mode whatever ``train()`` is called with (it has no dropout anyway).
+    mode whatever ``train()`` is called with (it has no dropout anyway). A bundle refers to it by its paths
+    (``kind``, ``cfg``) and never stores its weights (``stored``).
     """
+
+    kind = "umt5"
+    stored = False
 
     def __init__(self, cfg: UMT5Config, device: torch.device | str = "cpu"):
         super().__init__()

@@ -1,0 +1,202 @@
+"""The Wan2.1 pipeline (issue 16): the teacher imported from a Wan2.1 folder (umT5 and the Wan VAE by
+reference), synthetic latents drawn by it, every stage of ``configs/wan2.1-1.3b.yaml`` end to end at a tiny
+size (the recipe file itself, its presets switched to ``wan-tiny``), I2V from given first frames, and the
+recipe under torchrun (2 gloo processes share the synthetic data and equal one process's).
+
+The parts are tiny random models of the real classes (tests/wan_folder.py); the references are diffusers'
+``WanTransformer3DModel`` and ``AutoencoderKLWan`` and transformers' ``UMT5EncoderModel`` themselves.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from causal_rcm.io import bundle_header  # noqa: E402
+from causal_rcm.stages.recipe import RECIPES, load_recipe, recipe_variables  # noqa: E402
+from causal_rcm.stages.wan import import_wan_teacher, resolve  # noqa: E402
+from causal_rcm.stream.bundle import Bundle  # noqa: E402
+
+from .distributed_setup import torchrun  # noqa: E402
+from .wan_folder import PROMPTS, make_wan_folder, transformer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory):
+    return make_wan_folder(tmp_path_factory.mktemp("wan"))
+
+
+@pytest.fixture(scope="module")
+def teacher(wan, tmp_path_factory):
+    return import_wan_teacher(resolve("wan-tiny", [f"root={wan}"]), tmp_path_factory.mktemp("teacher"))
+
+
+def tiny_recipe(tmp: Path) -> Path:
+    """configs/wan2.1-1.3b.yaml with its presets switched to the tiny ones: the same stages and inputs."""
+    text = (RECIPES / "wan2.1-1.3b.yaml").read_text()
+    assert text.count("preset: wan2.1-1.3b") == 9
+    path = tmp / "wan-tiny.yaml"
+    path.write_text(text.replace("preset: wan2.1-1.3b", "preset: wan-tiny"))
+    return path
+
+
+@pytest.fixture
+def wan_env(wan, monkeypatch):
+    monkeypatch.setenv("WAN21_DIR", str(wan))
+    monkeypatch.setenv("WAN21_PROMPTS", str(wan / "prompts.txt"))
+    return wan
+
+
+def test_teacher_bundle_is_diffusers_transformer(wan, teacher):
+    """The imported teacher's velocity is diffusers' WanTransformer3DModel's on the same inputs (a frame
+    count and size that are no multiple of anything), its umT5 context is transformers' encoder's output."""
+    import transformers
+
+    b = Bundle.load(teacher, device="cpu")
+    ref = transformer()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 6, 10, generator=g)
+    t = torch.tensor([0.3, 0.85])
+    ctx = b.text_encoder.encode(["a cat walks slowly", ""])
+    with torch.no_grad():
+        v = b.net.velocity(x, t, ctx)
+        want = ref(x, timestep=t * 1000, encoder_hidden_states=ctx, return_dict=False)[0]
+    assert (v - want).abs().max() <= 1e-4 * want.abs().max()
+    enc = transformers.UMT5EncoderModel.from_pretrained(str(wan / "text_encoder")).eval()
+    ids, mask = b.text_encoder.tokenize(["a cat walks slowly"])
+    n = int(mask.sum())
+    with torch.no_grad():
+        h = enc(input_ids=ids[:, :n], attention_mask=mask[:, :n]).last_hidden_state
+    assert torch.allclose(ctx[0, :n], h[0], atol=1e-5) and ctx[0, n:].abs().max() == 0
+
+
+def test_teacher_bundle_refers_to_umt5_and_vae(wan, teacher):
+    config, _ = bundle_header(teacher)
+    from safetensors import safe_open
+
+    with safe_open(str(teacher), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("net.") for k in keys)  # no umT5 or VAE tensor is copied
+    assert config["text_encoder"]["kind"] == "umt5" and config["codec"]["kind"] == "wan_vae"
+    assert config["world"] is None and config["video"] == {"frames": 17, "height": 32, "width": 48}
+    a, b = Bundle.load(teacher, device="cpu"), Bundle.load(teacher, device="cpu")
+    assert a.text_encoder is b.text_encoder  # one umT5 per process, however many bundles refer to it
+    assert a.latent_shape == (16, 5, 4, 6)
+    assert a.sampling.steps == 4 and a.sampling.cfg == 5.0
+
+
+def test_parts_are_checked_before_anything_is_written(wan, tmp_path):
+    parts = [f"dit={wan / 'transformer'}", f"text_encoder={wan / 'text_encoder'}", f"tokenizer={wan / 'tokenizer'}"]
+    with pytest.raises(FileNotFoundError, match="needs \\['vae'\\]"):
+        import_wan_teacher(resolve("wan-tiny", parts), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="not a Wan2.1 folder"):
+        import_wan_teacher(resolve("wan-tiny", [f"root={tmp_path}"]), tmp_path / "b")
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        import_wan_teacher(resolve("wan-tiny", [f"root={wan}", "video.frames=16"]), tmp_path / "c")
+    with pytest.raises(ValueError, match="takes 16 channels"):
+        import_wan_teacher(resolve("wan-tiny", [f"root={wan}", f"vae={_vae_with_z(tmp_path, wan, 8)}"]),
+                           tmp_path / "d")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def _vae_with_z(tmp: Path, wan: Path, z: int) -> Path:
+    """A copy of the VAE folder whose config says another latent width."""
+    import shutil
+
+    out = tmp / f"vae_z{z}"
+    shutil.copytree(wan / "vae", out)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "z_dim": z}))
+    return out
+
+
+def test_recipe_names_its_variables(monkeypatch):
+    import yaml
+
+    assert recipe_variables(yaml.safe_load((RECIPES / "wan2.1-1.3b.yaml").read_text())) == ["WAN21_DIR",
+                                                                                          "WAN21_PROMPTS"]
+    monkeypatch.delenv("WAN21_DIR", raising=False)
+    monkeypatch.setenv("WAN21_PROMPTS", "/x")
+    with pytest.raises(ValueError, match="set WAN21_DIR"):
+        load_recipe("wan2.1-1.3b")
+
+
+def test_full_size_presets_resolve(wan_env):
+    """Every stage of the full-size recipe resolves its preset (the Wan settings: FSDP2, checkpointed and
+    compiled blocks, split attention on cuDNN, no world evaluation)."""
+    from causal_rcm.cli.commands import _resolve_stage
+    from causal_rcm.config import apply_overrides
+    from causal_rcm.stages.synth import synth_preset
+
+    for st in load_recipe("wan2.1-1.3b")["stages"]:
+        if st["stage"] == "synth":
+            cfg = apply_overrides(synth_preset(st["preset"]), [o.replace("${WAN21_PROMPTS}", "p.txt")
+                                                             for o in st.get("overrides", [])])
+            assert cfg.prompts_file == "p.txt"
+            continue
+        cfg = _resolve_stage(st["stage"], st["preset"], [])
+        if st["stage"] != "wan_teacher":
+            assert cfg.train.eval_every == 0 and cfg.parallel.attention == "split" and cfg.parallel.compile
+
+
+def test_tiny_recipe_end_to_end(wan_env, tmp_path):
+    """Every stage of the Wan2.1 recipe runs; the data hold latents of the teacher's latent shape; every
+    student is a few-step causal model that generates videos of the full length, also from a given frame."""
+    from causal_rcm.data.synthetic import read_synthetic
+    from causal_rcm.stages.recipe import run_recipe
+
+    report = run_recipe(tiny_recipe(tmp_path), out=tmp_path / "run", device="cpu")
+    run = tmp_path / "run"
+    assert "no world metrics" in report.read_text()
+    d = read_synthetic(run / "synth")
+    assert d["latents"].shape == (8, 16, 5, 4, 6) and d["latents"].dtype == np.float16
+    assert np.isfinite(d["latents"]).all() and set(d["prompts"]) == set(PROMPTS)
+    assert read_synthetic(run / "synth_ode", with_ode=True)["ode_states"].shape[:2] == (8, 4)
+    for name in ("tf_dcm", "tf_scm", "tf_meanflow", "ode_init", "sf_dmd"):
+        config, _ = bundle_header(run / name / "model.safetensors")
+        assert config["kind"] == "student" and config["text_encoder"]["kind"] == "umt5"
+        assert config["video"]["frames"] == 17 and config["codec"]["kind"] == "wan_vae"
+    out = tmp_path / "gen"
+    cli = [sys.executable, "-m", "causal_rcm.cli", "generate", "--ckpt", str(run / "sf_dmd" / "model.safetensors"),
+           "--prompt", PROMPTS[0], "--n", "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(cli + ["--out", str(out / "a.npz")], check=True, env=env, capture_output=True)
+    a = np.load(out / "a.npz")["videos"]
+    assert a.shape == (2, 17, 32, 48, 3)
+    # I2V: the first block (1 latent frame = 1 pixel frame) is given; the rest follows from it
+    subprocess.run(cli + ["--start-from", str(out / "a.npz"), "--out", str(out / "b.npz")], check=True, env=env,
+                   capture_output=True)
+    b = np.load(out / "b.npz")["videos"]
+    assert b.shape == a.shape and int(np.load(out / "b.npz")["context_frames"]) == 1
+
+
+@pytest.mark.multiprocess
+def test_tiny_recipe_under_torchrun_shares_the_synthetic_data(wan_env, tmp_path):
+    """Two processes run the whole recipe (FSDP2 over gloo); the synthetic latents they draw together equal
+    one process's draws (sample i comes from noise i, whichever process draws it)."""
+    from causal_rcm.config import apply_overrides
+    from causal_rcm.data.synthetic import read_synthetic
+    from causal_rcm.stages.synth import run_synth, synth_preset
+
+    recipe = tiny_recipe(tmp_path)
+    torchrun("-m", "causal_rcm.cli", "run", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+             timeout=600)
+    run = tmp_path / "run"
+    assert json.loads((run / "synth" / "config.json").read_text())["world_size"] == 2
+    assert json.loads((run / "tf" / "config.json").read_text())["world_size"] == 2
+    one = run_synth(apply_overrides(synth_preset("wan-tiny"), [f"teacher={run / 'teacher' / 'teacher.safetensors'}",
+                                                              f"prompts_file={wan_env / 'prompts.txt'}"]),
+                    tmp_path / "one", device="cpu", progress=False)
+    a, b = read_synthetic(run / "synth"), read_synthetic(one)
+    assert a["prompts"] == b["prompts"]
+    np.testing.assert_allclose(a["latents"].astype(np.float32), b["latents"].astype(np.float32), atol=2e-3)
+    assert (run / "sf_dmd" / "model.safetensors").is_file()
