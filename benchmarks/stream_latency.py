@@ -73,16 +73,18 @@ def stream_once(engine: Engine, ctx, frames: int, seed: int, reuse=None):
 
 
 def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool, steps_first: int | None = None,
-            context: str = "clean") -> dict:
+            context: str = "clean", compile: bool = False) -> dict:
     C, H, W = shape
     how = FewStep(pattern, steps_first=steps_first or steps, steps=steps, context=context)
-    engine = Engine(net, how, (C, H, W), codec, FULL, frames, graphs=graphs)
+    engine = Engine(net, how, (C, H, W), codec, FULL, frames, graphs=graphs, compile=compile)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        *_, warm = stream_once(engine, ctx, frames, 0)  # warm-up: allocations, autotuning, graph capture
+        t_warm = time.perf_counter()
+        *_, warm = stream_once(engine, ctx, frames, 0)  # warm-up: allocations, autotuning, compiling, capture
+        warm_s = time.perf_counter() - t_warm
         torch.cuda.reset_peak_memory_stats()
         arrivals, per_block, _ = stream_once(engine, ctx, frames, 1, reuse=warm)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        dit = Engine(net, how, (C, H, W), PixelCodec(), FULL, frames, graphs=graphs)
+        dit = Engine(net, how, (C, H, W), PixelCodec(), FULL, frames, graphs=graphs, compile=compile)
         *_, warm = stream_once(dit, ctx, frames, 0)
         t0 = time.perf_counter()
         st = dit.start(ctx, None, Noise(1, [0], "cuda"), reuse=warm)
@@ -98,7 +100,7 @@ def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool, steps_
     return dict(pattern=pattern, steps=steps, steps_first=how.steps_first, context=context, first_ms=1000 * arrivals[0],
                 frame_p50=statistics.median(per_frame), frame_p99=sorted(per_frame)[int(0.99 * (len(per_frame) - 1))],
                 jitter_ms=1000 * statistics.pstdev(gaps) if len(gaps) > 1 else 0.0,
-                e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak)
+                e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak, warmup_s=warm_s)
 
 
 def main():
@@ -115,6 +117,8 @@ def main():
                     help="noisy: the students' noisy-context sampling, whose last step writes the cache (no "
                          "separate context pass; METHOD.md §3)")
     ap.add_argument("--vae-compile", action="store_true", help="run the Wan VAE decoder through torch.compile")
+    ap.add_argument("--compile", action="store_true", help="compile the DiT blocks around their attention "
+                    "(WanDiT.compile_for_streaming; with --graphs: compiled kernels inside the captured graphs)")
     ap.add_argument("--check-14b", action="store_true")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--plot", default=None)
@@ -133,11 +137,11 @@ def main():
             [(p, int(n)) for p in args.patterns.split(",") for n in args.steps.split(",")])
     meta = dict(preset="tiny" if args.smoke else "wan2.1-1.3b", latent_frames=frames, graphs=args.graphs,
                 context=args.context, steps_first=args.steps_first, sdpa=args.sdpa,
-                vae_compile=args.vae_compile)
+                vae_compile=args.vae_compile, compile=args.compile)
     cols = [("decoder", "decoder", 8, "s"), ("pattern", "pattern", 7, "s"), ("steps", "steps", 5, "d"),
             ("first_ms", "first ms", 9, ".1f"), ("frame_p50", "p50 ms/f", 9, ".2f"), ("frame_p99", "p99 ms/f", 9, ".2f"),
             ("jitter_ms", "jitter", 7, ".1f"), ("dit_fps", "DiT fps", 8, ".1f"), ("e2e_fps", "e2e fps", 8, ".1f"),
-            ("peak_gib", "peak GiB", 8, ".1f")]
+            ("peak_gib", "peak GiB", 8, ".1f"), ("warmup_s", "warm-up s", 9, ".1f")]
     rows = []
     for dec in args.decoders.split(","):
         codec = decoder(dec, args.smoke, args.vae_compile)
@@ -145,7 +149,7 @@ def main():
             if pattern == "c3-3" and (frames - 3) % 3:
                 continue
             r = dict(decoder=dec, **measure(net, pattern, steps, codec, shape, ctx, frames, args.graphs,
-                                                         args.steps_first, args.context))
+                                                         args.steps_first, args.context, args.compile))
             rows.append(r)
             print(r, flush=True)
             write_result(args.out, rows, cols, show=False, **meta)  # a run cut short keeps what it measured

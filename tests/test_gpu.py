@@ -68,6 +68,36 @@ def test_fused_norm_rope_path_matches_plain():
 
 @requires_cuda
 @pytest.mark.gpu
+def test_compiled_graph_captured_stream_equals_eager():
+    """Engine(graphs=True, compile=True): the blocks compiled around their attention (Inductor's kernels inside
+    the captured graphs) stream the eager network's frames, in fp32 up to kernel rounding and under bf16
+    autocast within bf16's rounding (a c3-3 stream of 9 frames: block shapes 3 and 3, cache layouts 3)."""
+    import copy
+
+    from causal_rcm.stream.engine import Engine, Noise, stream
+    from causal_rcm.stream.sampling import FewStep
+
+    torch.manual_seed(0)
+    net = randomize_(WanDiT(TINY)).cuda().eval()
+    compiled = copy.deepcopy(net)
+    ctx = torch.randn(1, 5, TINY.text_dim, device="cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            out = []
+            for m, kw in ((net, dict(static=True)), (compiled, dict(graphs=True, compile=True))):
+                engine = Engine(m, FewStep("c3-3", 2, 2), (TINY.in_dim, 6, 10), max_frames=9, **kw)
+                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    out.append(stream(engine, engine.start(ctx, None, Noise(1, [0], "cuda")), 9).float())
+            rel = ((out[1] - out[0]).norm() / out[0].norm()).item()
+            assert rel < tol, (dtype, rel)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@requires_cuda
+@pytest.mark.gpu
 def test_graph_captured_stream_equals_eager():
     """Engine(graphs=True) replays one captured per-chunk forward; its frames equal the eager static stream's
     and the dynamic stream's: in fp32 (TF32 off) up to kernel rounding, under bf16 autocast within bf16's

@@ -129,7 +129,7 @@ class Attention(nn.Module):
         cos, sin = rope
         uq, uk = self.q(x), self.k(x)
         if (self.fused_norm_rope and uq.is_cuda and uq.dtype != torch.float64 and not torch.is_grad_enabled()
-                and isinstance(self.norm_q, RMSNorm)):
+                and isinstance(self.norm_q, RMSNorm) and not torch.compiler.is_compiling()):  # compiled: Inductor fuses
             from ..kernels.norm_rope import rmsnorm_rope  # fused inference path (one pass per row)
 
             d = uq.shape[-1] // self.num_heads

@@ -58,10 +58,20 @@ class WanBlock(nn.Module):
     def forward(self, x, e0, ctx_kv, rope, attend, backend: str = "auto"):
         """x [B, L, D]; e0 [B, Ft, 6, D] fp32; ctx_kv the prompt's cross-attention (k, v);
         ``attend(q, k, v) -> o`` is the self-attention with its mask or cache bound."""
-        shift1, scale1, g1, shift2, scale2, g2 = (fp32(self.modulation)[:, None] + e0).unbind(2)
+        q, k, v = self.pre_attention(x, e0, rope)
+        return self.post_attention(x, attend(q, k, v), e0, ctx_kv, backend)
+
+    def pre_attention(self, x, e0, rope):
+        """Everything before the self-attention: q, k, v [B, H, L, d] (the two halves of ``forward`` are
+        what a stream compiles, its cache-bound attention between them: ``compile_for_streaming``)."""
+        shift1, scale1 = (fp32(self.modulation)[:, None, :2] + e0[:, :, :2]).unbind(2)
         h = modulate(self.norm1(x), shift1, scale1).type_as(x)
-        q, k, v = self.self_attn.qkv(h, rope)
-        x = gate(x, self.self_attn.out(attend(q, k, v)), g1)
+        return self.self_attn.qkv(h, rope)
+
+    def post_attention(self, x, o, e0, ctx_kv, backend: str = "auto"):
+        """Everything after the self-attention's output o [B, H, L, d]: the block's output [B, L, D]."""
+        g1, shift2, scale2, g2 = (fp32(self.modulation)[:, None, 2:] + e0[:, :, 2:]).unbind(2)
+        x = gate(x, self.self_attn.out(o), g1)
         x = x + self.cross(self.norm3(x).type_as(x), ctx_kv, backend)
         h = modulate(self.norm2(x), shift2, scale2).type_as(x)
         return gate(x, self.ffn(h), g2)
@@ -370,6 +380,18 @@ class WanDiT(nn.Module):
         return v, v_dot
 
     # ----- streaming --------------------------------------------------------------------------------
+    def compile_for_streaming(self) -> "WanDiT":
+        """``torch.compile`` each block's two halves around its self-attention (``pre_attention``,
+        ``post_attention``: norms, modulation, RoPE, projections, cross-attention and FFN fused by Inductor;
+        the cache-bound attention between them stays as it is). The blocks are identical, so one graph per
+        block shape serves them all; a stream's chunks have one or two shapes. Idempotent; in place."""
+        if not getattr(self, "_compiled_for_streaming", False):
+            for blk in self.blocks:
+                blk.pre_attention = torch.compile(blk.pre_attention, dynamic=False)
+                blk.post_attention = torch.compile(blk.post_attention, dynamic=False)
+            self._compiled_for_streaming = True
+        return self
+
     def new_cache(self, frame_tokens: int, pattern, policy: KVPolicy = FULL, max_frames: int | None = None,
                   static: bool = False):
         """The streaming state's KV cache: ``KVCache``, or with ``static`` the fixed-shape ``StaticKVCache``

@@ -96,11 +96,13 @@ class Engine:
 
     ``static=True`` streams through the fixed-shape KV cache (``models/static_cache.py``); ``graphs=True``
     (CUDA; implies static) also captures the per-chunk forward as a CUDA graph on its first use and replays
-    it (``stream/graphs.py``). All three paths compute the same frames."""
+    it (``stream/graphs.py``); ``compile=True`` compiles the blocks around their attention first
+    (``WanDiT.compile_for_streaming``, in place: the network stays compiled). All paths compute the same
+    frames (compiled: within bf16 rounding)."""
 
     def __init__(self, net, sampling: FewStep | EulerCFG, latent_shape: tuple[int, int, int],
                  codec: VideoCodec | None = None, policy: KVPolicy = FULL, max_frames: int | None = None,
-                 static: bool = False, graphs: bool = False):
+                 static: bool = False, graphs: bool = False, compile: bool = False):
         if not isinstance(sampling, (FewStep, EulerCFG)):
             raise ValueError(f"block-by-block streaming needs a causal model; this one samples with {sampling.method}")
         if graphs and not torch.cuda.is_available():
@@ -110,6 +112,8 @@ class Engine:
         self.latent_shape, self.codec = tuple(latent_shape), codec or PixelCodec()
         self.policy, self.max_frames = policy, max_frames
         self.static, self.graphs = static or graphs, graphs
+        if compile:
+            net.compile_for_streaming()
         self.guided = isinstance(sampling, EulerCFG) and sampling.cfg != 1.0
 
     def start(self, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise,
