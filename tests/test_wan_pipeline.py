@@ -177,6 +177,12 @@ def test_tiny_recipe_end_to_end(wan_env, tmp_path):
                    capture_output=True)
     b = np.load(out / "b.npz")["videos"]
     assert b.shape == a.shape and int(np.load(out / "b.npz")["context_frames"]) == 1
+    # streamed block by block through the Wan VAE's streaming decode: the same frames as generate's
+    streamed = subprocess.run([sys.executable, "-m", "causal_rcm.cli", "stream", "--ckpt",
+                               str(run / "sf_dmd" / "model.safetensors"), "--prompt", PROMPTS[0], "--device", "cpu",
+                               "--out", str(out / "s.npz")], check=True, env=env, capture_output=True, text=True)
+    assert "streamed 17 frames" in streamed.stdout
+    assert np.abs(np.load(out / "s.npz")["videos"][0].astype(int) - a[0]).max() <= 1
 
 
 @pytest.mark.multiprocess

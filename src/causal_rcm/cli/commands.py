@@ -198,17 +198,22 @@ def _stream(a):
     bundle = Bundle.load(a.ckpt, device=a.device)
     if not bundle.causal:
         raise ValueError("streaming needs a causal model (a causal teacher or a few-step student)")
-    world = make_world(bundle.world_or_raise())
-    prompt = a.prompt if a.prompt is not None else (world.prompts()[0] if world.prompts() else "")
-    if world.prompts() and prompt not in world.prompts():
-        raise ValueError(f"prompt {prompt!r} is not a {world.config.name} {world.config.variant} prompt")
+    if bundle.world is None:  # a free-text model (Wan2.1)
+        if a.prompt is None:
+            raise ValueError("a free-text model (no built-in world) needs --prompt TEXT")
+        prompt = a.prompt
+    else:
+        world = make_world(bundle.world)
+        prompt = a.prompt if a.prompt is not None else (world.prompts()[0] if world.prompts() else "")
+        if world.prompts() and prompt not in world.prompts():
+            raise ValueError(f"prompt {prompt!r} is not a {world.config.name} {world.config.variant} prompt")
     if bundle.net.cfg.action_dim:
         raise ValueError("this is a world model: play it with `causal-rcm play --ckpt ...` (actions from the keys)")
     policy = KVPolicy(a.window, a.sink) if a.window else None
     frames = a.frames or bundle.latent_shape[1]
-    if a.graphs and bundle.device.type != "cuda":
-        raise ValueError("--graphs needs --device cuda")
-    engine = bundle.engine(policy, graphs=a.graphs)
+    if (a.graphs or a.compile) and bundle.device.type != "cuda":
+        raise ValueError("--graphs and --compile need --device cuda")
+    engine = bundle.engine(policy, graphs=a.graphs, compile=a.compile)
     ctx, _ = bundle.contexts([prompt])
     out, times = [], []
     with torch.no_grad(), autocast_for(bundle.device):

@@ -84,10 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = cmd("stream", "stream one video block by block in real time and report its latency", cmds._stream)
     st.add_argument("--ckpt", required=True, help="a causal bundle")
     st.add_argument("--prompt", default=None)
-    st.add_argument("--frames", type=int, default=None, help="latent frames to stream (default: the world's)")
+    st.add_argument("--frames", type=int, default=None, help="latent frames to stream (default: the model's video)")
     st.add_argument("--window", type=int, default=None, help="KV window in blocks: an endless stream")
     st.add_argument("--sink", type=int, default=0)
     st.add_argument("--graphs", action="store_true", help="CUDA graphs for the per-chunk forward")
+    st.add_argument("--compile", action="store_true", help="compile the blocks around their attention (CUDA; "
+                    "the first stream pays the compilation)")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--out", default=None, help="also write the frames (.npz + media)")
     st.add_argument("--device", default=None)

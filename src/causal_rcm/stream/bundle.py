@@ -215,14 +215,15 @@ class Bundle:
                              "metrics")
         return self.world
 
-    def engine(self, policy: KVPolicy | None = None, graphs: bool = False):
-        """The streaming engine of a causal bundle: a video of the world's length (``policy`` None), or an
-        endless stream under a windowed KV policy; ``graphs`` captures the per-chunk forward (CUDA)."""
+    def engine(self, policy: KVPolicy | None = None, graphs: bool = False, compile: bool = False):
+        """The streaming engine of a causal bundle: a video of the model's length (``policy`` None), or an
+        endless stream under a windowed KV policy; ``graphs`` captures the per-chunk forward (CUDA),
+        ``compile`` compiles the blocks around their attention."""
         from .engine import Engine
 
         C, T, H, W = self.latent_shape
         return Engine(self.net, self.sampling, (C, H, W), self.codec, policy or FULL,
-                      None if policy is not None and policy.window else T, graphs=graphs)
+                      None if policy is not None and policy.window else T, graphs=graphs, compile=compile)
 
     @torch.no_grad()
     def contexts(self, prompts: list[str]):
