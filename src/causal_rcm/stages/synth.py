@@ -217,9 +217,12 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
     with_actions = world is not None and bool(world.action_names)
     source = None if world is None else _source(cfg, bundle, world)
     space = "latent" if stores_latents(bundle) else "pixel"
+    # a latent dataset also records its space and pixel size (pixel data: the world gives it, and the
+    # manifests of datasets written before latents existed stay resumable)
+    latent = {"video": asdict(bundle.video_size), "space": space} if space == "latent" else {}
     config = {"teacher": {"path": str(cfg.teacher), "weights_sha256": weights_sha256(bundle)},
-              "seed": int(cfg.seed), "world": None if world is None else asdict(bundle.world),
-              "video": asdict(bundle.video_size), "space": space, "video_shape": list(bundle.latent_shape),
+              "seed": int(cfg.seed), "world": None if world is None else asdict(bundle.world), **latent,
+              "video_shape": list(bundle.latent_shape),
               "sampling": to_dict(sp), "prompts": prompt_source, "actions": with_actions,
               "ode_times": ode, "ode_grid_times": None if ode is None else grid_times(sp, ode),
               "data": None if source is None else source["sha256"],
@@ -246,7 +249,7 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
         return arrays
 
     resolved = {"stage": "synth", **asdict(cfg), "sampling": to_dict(sp), "world": config["world"],
-                "video": config["video"], "world_size": D.world_size()}
+                "video": asdict(bundle.video_size), "world_size": D.world_size()}
     shards = _RankShards(make_shard)
     if not D.is_main():
         shards.follow()
