@@ -206,3 +206,47 @@ def test_tiny_recipe_under_torchrun_shares_the_synthetic_data(wan_env, tmp_path)
     assert a["prompts"] == b["prompts"]
     np.testing.assert_allclose(a["latents"].astype(np.float32), b["latents"].astype(np.float32), atol=2e-3)
     assert (run / "sf_dmd" / "model.safetensors").is_file()
+
+
+def _write_clip(path: Path, frames: np.ndarray, caption: str | None) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, frames, fps=16, codec="libx264", macro_block_size=2)
+    if caption is not None:
+        path.with_suffix(".txt").write_text(caption + "\n")
+
+
+def test_real_clips_encode_into_a_latent_training_set(teacher, tmp_path):
+    """``causal-rcm encode``: each captioned clip's first frames, scaled to cover the model's size and centre-
+    cropped, through the Wan VAE's encoder; the result is the latent dataset format the TF stages read."""
+    import imageio.v3 as iio
+
+    from causal_rcm.data.synthetic import read_synthetic
+    from causal_rcm.data.videos import fit, read_clip
+    from causal_rcm.stages.encode import encode_clips
+    from causal_rcm.stream.codec import to_unit
+
+    rng = np.random.default_rng(0)
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i, (T, h, w) in enumerate([(20, 40, 64), (17, 64, 40), (25, 32, 48)]):
+        v = np.broadcast_to(np.linspace(0, 255, w, dtype=np.float32)[None, None, :, None], (T, h, w, 3)).copy()
+        v[..., 1] = rng.random((T, h, w)) * 255
+        _write_clip(clips / f"c{i}.mp4", v.astype(np.uint8), f"  clip  number {i} ")
+    out = encode_clips(teacher, clips, tmp_path / "real", batch=2, shard_size=2, device="cpu", progress=False)
+    d = read_synthetic(out)
+    assert d["prompts"] == ["clip number 0", "clip number 1", "clip number 2"]
+    assert d["latents"].shape == (3, 16, 5, 4, 6)
+    b = Bundle.load(teacher, device="cpu")
+    decoded = np.stack(list(iio.imiter(clips / "c0.mp4")))[:17]
+    want = b.codec.encode(to_unit(fit(decoded, 32, 48)[None]))
+    assert torch.allclose(torch.from_numpy(d["latents"][:1]).float(), want, atol=2e-3)
+    # fitting: a clip of the target size is itself; a wider one keeps its centre columns
+    x = rng.integers(0, 256, (3, 32, 48, 3), dtype=np.uint8)
+    assert np.array_equal(fit(x, 32, 48), x)
+    assert np.array_equal(fit(np.concatenate([x[:, :, :8], x, x[:, :, :8]], axis=2), 32, 48), x)
+    with pytest.raises(ValueError, match="has 17 frames"):
+        read_clip(clips / "c1.mp4", 21, 32, 48)
+    _write_clip(clips / "nocap.mp4", x, None)
+    with pytest.raises(FileNotFoundError, match="no caption"):
+        encode_clips(teacher, clips, tmp_path / "real2", device="cpu", progress=False)

@@ -260,6 +260,19 @@ def _play(a):
                                              graphs=a.graphs))
 
 
+def _encode(a):
+    from ..io import check_dir_writable
+    from ..stages.encode import encode_clips
+    from ..stages.synth import synth_summary
+
+    _positive("batch", a.batch)
+    _positive("shard-size", a.shard_size)
+    check_dir_writable(a.out, "--out")
+    t0 = time.time()
+    out = encode_clips(a.ckpt, a.videos, a.out, a.batch, a.shard_size, device=a.device)
+    print(synth_summary(out, time.time() - t0))
+
+
 def _synth(a):
     from ..io import check_dir_writable
     from ..stages.synth import SynthConfig, parse_times, run_synth, synth_summary

@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                     help="replay each block's forward as a captured CUDA graph (default: on with a CUDA device)")
 
+    en = cmd("encode", "encode captioned real clips (NAME.mp4 + NAME.txt) into a latent training dataset",
+             cmds._encode)
+    en.add_argument("--ckpt", required=True, help="a bundle whose codec encodes (the Wan teacher: its VAE)")
+    en.add_argument("--videos", required=True, help="folder of clips, each with its caption in NAME.txt")
+    en.add_argument("--out", required=True, help="dataset folder (rerun with the same arguments to resume)")
+    en.add_argument("--batch", type=int, default=4, help="clips per encoder batch")
+    en.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
+    en.add_argument("--device", default=None)
+
     s = cmd("synth", "sample a synthetic dataset from a bidirectional teacher", cmds._synth)
     s.add_argument("--teacher", required=True, help="teacher bundle (.safetensors)")
     s.add_argument("--n", type=int, required=True, help="number of videos")

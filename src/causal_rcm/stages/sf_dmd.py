@@ -107,13 +107,16 @@ def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
 
 
 def real_cfg(cfg: DMDConfig, teacher: Bundle) -> float:
-    """The real score's CFG scale: the synthetic data's (the distribution DMD matches), else the teacher's."""
+    """The real score's CFG scale: the synthetic data's (the distribution DMD matches), else (no data, or
+    real clips) the teacher's."""
     if cfg.w_real > 0:
         return cfg.w_real
     if cfg.data:
         from ..data.synthetic import load_manifest
 
-        return float(load_manifest(cfg.data)["config"]["sampling"]["cfg"])
+        sampling = load_manifest(cfg.data)["config"].get("sampling")
+        if sampling:  # real clips (``causal-rcm encode``) were drawn by no teacher: the teacher's own scale
+            return float(sampling["cfg"])
     return float(teacher.sampling.cfg)
 
 

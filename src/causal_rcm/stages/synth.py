@@ -329,7 +329,9 @@ def synth_summary(out: Path, seconds: float) -> str:
     size = sum(s["bytes"] for s in manifest["shards"]) / 2**20
     c = manifest["config"]
     sp = c["sampling"]
-    return (f"synthetic dataset: {out} — {c['n']} videos in {len(manifest['shards'])} shards ({size:.1f} MiB), "
-            f"Euler {sp['steps']} steps, cfg {sp['cfg']}, shift {sp['shift']}"
+    how = (f"Euler {sp['steps']} steps, cfg {sp['cfg']}, shift {sp['shift']}" if sp else
+           "real clips encoded")
+    return (f"{'synthetic' if sp else 'training'} dataset: {out} — {c['n']} videos in {len(manifest['shards'])} "
+            f"shards ({size:.1f} MiB), {how}"
             + (f", ODE states at t = {c['ode_grid_times']}" if c["ode_times"] else "")
             + f"; {seconds:.1f} s this run")
