@@ -29,6 +29,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from common import write_result
@@ -171,21 +172,56 @@ def main():
         print("14B:", meta["wan14b"])
     write_result(args.out, rows, cols, **meta)
     if args.plot:
-        import matplotlib
+        plot({"this run": rows}, args.plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        labels = [f"{r['decoder']}\n{r['pattern']} {r['steps']}st" for r in rows]
-        ax.bar(range(len(rows)), [r["e2e_fps"] for r in rows], label="end to end")
-        ax.plot(range(len(rows)), [r["dit_fps"] for r in rows], "k_", markersize=18, label="DiT only")
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
-        ax.set_ylabel("frames per second")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+def plot(runs: dict[str, list[dict]], path: str) -> None:
+    """Frames per second (bars: end to end; ticks: DiT only) and time to the first frame of each row, the
+    runs side by side (e.g. compiled vs plain)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((r["decoder"], r["pattern"], r["steps"]) for rows in runs.values() for r in rows))
+    width = 0.8 / len(runs)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"wspace": 0.6})
+    for j, (name, rows) in enumerate(runs.items()):
+        by = {(r["decoder"], r["pattern"], r["steps"]): r for r in rows}
+        xs = [i + (j - (len(runs) - 1) / 2) * width for i, k in enumerate(keys) if k in by]
+        got = [by[k] for k in keys if k in by]
+        color = f"C{j}"
+        ax.bar(xs, [r["e2e_fps"] for r in got], width, color=color, alpha=0.55, label=f"{name}: end to end")
+        ax.plot(xs, [r["dit_fps"] for r in got], "_", color=color, markersize=16, markeredgewidth=2.5,
+                label=f"{name}: DiT only")
+        ax2.bar(xs, [r["first_ms"] for r in got], width, color=color, alpha=0.55, label=name)
+    labels = [f"{d}\n{p} {n} step{'s' * (n > 1)}" for d, p, n in keys]
+    for a, title in ((ax, "frames per second"), (ax2, "time to the first frame (ms)")):
+        a.set_xticks(range(len(keys)), labels, fontsize=7)
+        a.set_title(title, fontsize=9)
+    ax.axhline(80, color="grey", lw=0.8, ls="--")
+    ax2.axhline(80, color="grey", lw=0.8, ls="--")
+    ax2.set_yscale("log")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def replot(argv: list[str]) -> None:
+    """python benchmarks/stream_latency.py --replot NAME=JSON [NAME=JSON ...] --plot PNG (no GPU needed)."""
+    import json
+
+    ap = argparse.ArgumentParser(description=replot.__doc__)
+    ap.add_argument("--replot", nargs="+", required=True)
+    ap.add_argument("--plot", required=True)
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.replot:
+        name, _, path = item.partition("=")
+        runs[name] = json.loads(Path(path).read_text())["rows"]
+    plot(runs, args.plot)
+    print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":
-    main()
+    replot(sys.argv[1:]) if "--replot" in sys.argv else main()
