@@ -25,14 +25,13 @@ import torch
 from ..data.synthetic import MANIFEST, check_ode_times, write_synthetic
 from ..flow import euler_sample
 from ..io import progress as progress_bar, write_json
-from ..runtime import autocast_for
-from ..runtime import resolve_device
+from ..runtime import autocast_for, resolve_device
 from ..seeding import derive
-from ..train import distributed as D
 from ..stream.bundle import Bundle, stored_modules, text_encoder_config
 from ..stream.codec import PixelCodec, to_uint8, to_unit
 from ..stream.sample import euler_batch, video_actions
 from ..stream.sampling import Euler, to_dict, with_overrides
+from ..train import distributed as D
 from ..worlds.registry import make_world
 
 _PROMPT_ORDER_TAG = 0x5E7  # keeps the prompt-order stream apart from the noise streams drawn from the seed
@@ -214,6 +213,8 @@ def run_synth(cfg: SynthConfig, out_dir: str | Path, device: str | None = None, 
         plist = [prompts[i % len(prompts)] for i in range(cfg.n)]
         prompt_source = {"source": "list", "count": len(prompts),
                          "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    if world is None and cfg.data:
+        raise ValueError("data= gives a world model's actions and first frames; this teacher is a free-text model")
     with_actions = world is not None and bool(world.action_names)
     source = None if world is None else _source(cfg, bundle, world)
     space = "latent" if stores_latents(bundle) else "pixel"
