@@ -250,3 +250,25 @@ def test_real_clips_encode_into_a_latent_training_set(teacher, tmp_path):
     _write_clip(clips / "nocap.mp4", x, None)
     with pytest.raises(FileNotFoundError, match="no caption"):
         encode_clips(teacher, clips, tmp_path / "real2", device="cpu", progress=False)
+
+
+def test_latents_are_mapped_from_one_file(wan, teacher, tmp_path):
+    """A latent dataset's latents come back mapped from DIR/latents.npy (one copy for every process), equal
+    to the shards' own; the file is remade when the shards change."""
+    from causal_rcm.config import apply_overrides
+    from causal_rcm.data.synthetic import LATENTS_FILE, latents_file, read_synthetic
+    from causal_rcm.stages.synth import run_synth, synth_preset
+
+    cfg = apply_overrides(synth_preset("wan-tiny"), [f"teacher={teacher}", f"prompts_file={wan / 'prompts.txt'}",
+                                                     "n=6", "shard_size=4"])
+    out = run_synth(cfg, tmp_path / "d", device="cpu", progress=False)
+    whole = read_synthetic(out)
+    mapped = read_synthetic(out, mmap=True)
+    assert isinstance(mapped["latents"], np.memmap) and (out / LATENTS_FILE).is_file()
+    assert np.array_equal(np.asarray(mapped["latents"]), whole["latents"]) and mapped["prompts"] == whole["prompts"]
+    first = (out / LATENTS_FILE).stat().st_mtime_ns
+    assert latents_file(out).stat().st_mtime_ns == first  # made once
+    (out / "shard_00001.npz").unlink()  # a shard lost: the file is remade from the valid one
+    with pytest.warns(UserWarning):
+        again = read_synthetic(out, mmap=True)
+    assert np.array_equal(np.asarray(again["latents"]), whole["latents"][:4]) and len(again["prompts"]) == 4

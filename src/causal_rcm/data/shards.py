@@ -241,38 +241,58 @@ def _load_shard(root: Path, entry: dict, schema: dict, keys: Sequence[str]) -> t
     return arrays, None
 
 
+def iter_shards(out_dir: str | Path, keys: Sequence[str] | None = None, fmt: str | None = None):
+    """(manifest, generator of the valid shards' arrays in sample order): ``keys`` plus ``sample_ids`` of
+    each shard; a bad shard is reported with a ShardWarning and skipped."""
+    root = Path(out_dir)
+    manifest = load_manifest(root, fmt)
+    schema = manifest.get("arrays") or {}
+    keys = list(schema) if keys is None else list(dict.fromkeys([*keys, SAMPLE_IDS]))
+    unknown = [k for k in keys if k not in schema]
+    if unknown:
+        raise ValueError(f"{root} holds arrays {sorted(schema)}; no {unknown}")
+
+    def shards():
+        for entry in manifest["shards"]:
+            arrays, why = _load_shard(root, entry, schema, keys)
+            if why is not None:
+                warnings.warn(f"{root / entry['file']}: {why}; shard skipped", ShardWarning, stacklevel=3)
+                continue
+            yield arrays
+
+    return manifest, shards()
+
+
 def read_shards(out_dir: str | Path, keys: Sequence[str] | None = None,
                 fmt: str | None = None) -> dict[str, np.ndarray]:
     """The arrays of a shard folder (all, or ``keys`` plus ``sample_ids``), concatenated over its valid
     shards in sample order. Bad shards are skipped with a ShardWarning; so is an incomplete dataset
     reported. A folder without a manifest or without any valid shard raises."""
     root = Path(out_dir)
-    manifest = load_manifest(root, fmt)
-    schema, shards = manifest.get("arrays") or {}, manifest["shards"]
+    manifest, shards = iter_shards(root, keys, fmt)
+    schema = manifest.get("arrays") or {}
     keys = list(schema) if keys is None else list(dict.fromkeys([*keys, SAMPLE_IDS]))
-    unknown = [k for k in keys if k not in schema]
-    if unknown:
-        raise ValueError(f"{root} holds arrays {sorted(schema)}; no {unknown}")
-    total = sum(s["count"] for s in shards)
+    total = sum(s["count"] for s in manifest["shards"])
     # numeric arrays are filled in place, shard by shard: peak memory is the dataset plus one shard
     out = {k: np.empty((total, *schema[k][1]), schema[k][0]) for k in keys if schema[k][0] != "str"}
     strs: dict[str, list[np.ndarray]] = {k: [] for k in keys if schema[k][0] == "str"}
     filled = 0
-    for entry in shards:
-        arrays, why = _load_shard(root, entry, schema, keys)
-        if why is not None:
-            warnings.warn(f"{root / entry['file']}: {why}; shard skipped", ShardWarning, stacklevel=2)
-            continue
+    for arrays in shards:
         for k, a in arrays.items():
             if k in out:
                 out[k][filled:filled + len(a)] = a
             else:
                 strs[k].append(a)
-        filled += entry["count"]
+        filled += len(arrays[SAMPLE_IDS])
+    check_filled(root, manifest, filled)
+    return {**{k: a[:filled] for k, a in out.items()}, **{k: np.concatenate(v) for k, v in strs.items()}}
+
+
+def check_filled(root: Path, manifest: dict, filled: int) -> None:
+    """Raise when no shard was valid; warn when the dataset is short of its n samples."""
     if filled == 0:
-        raise ValueError(f"{root}: no valid shard ({len(shards)} listed in {MANIFEST}); write it again")
+        raise ValueError(f"{root}: no valid shard ({len(manifest['shards'])} listed in {MANIFEST}); write it again")
     n = manifest["config"]["n"]
     if filled < n:
         warnings.warn(f"{root} holds {filled} valid samples of {n}; rerun the writer with the same settings to "
-                      "finish it", ShardWarning, stacklevel=2)
-    return {**{k: a[:filled] for k, a in out.items()}, **{k: np.concatenate(v) for k, v in strs.items()}}
+                      "finish it", ShardWarning, stacklevel=3)
