@@ -272,3 +272,30 @@ def test_latents_are_mapped_from_one_file(wan, teacher, tmp_path):
     with pytest.warns(UserWarning):
         again = read_synthetic(out, mmap=True)
     assert np.array_equal(np.asarray(again["latents"]), whole["latents"][:4]) and len(again["prompts"]) == 4
+
+
+def test_official_folder_imports_the_same_teacher(wan, teacher, tmp_path):
+    """Wan's official layout (DiT in Wan's own names with its config.json, umT5 as the official .pth, the
+    tokenizer under google/umt5-xxl/) plus vae= a diffusers VAE folder gives the same teacher."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from causal_rcm.models.text import hf_to_official
+    from causal_rcm.models.text.umt5 import read_weights
+
+    b = Bundle.load(teacher, device="cpu")
+    official = tmp_path / "Wan2.1-T2V-1.3B"
+    official.mkdir()
+    save_file({k: v.contiguous() for k, v in b.net.state_dict().items()}, official / "diffusion_pytorch_model.safetensors")
+    (official / "config.json").write_text(json.dumps({"num_heads": b.net.cfg.num_heads, "dim": b.net.cfg.dim}))
+    torch.save(hf_to_official(read_weights(wan / "text_encoder")[0]), official / "models_t5_umt5-xxl-enc-bf16.pth")
+    shutil.copytree(wan / "tokenizer", official / "google" / "umt5-xxl")
+    with pytest.raises(FileNotFoundError, match="Wan2.1_VAE.pth is not diffusers' format"):
+        import_wan_teacher(resolve("wan-tiny", [f"root={official}"]), tmp_path / "a")
+    path = import_wan_teacher(resolve("wan-tiny", [f"root={official}", f"vae={wan / 'vae'}"]), tmp_path / "b")
+    c = Bundle.load(path, device="cpu")
+    assert c.net.cfg == b.net.cfg
+    assert all(torch.equal(v, b.net.state_dict()[k]) for k, v in c.net.state_dict().items())
+    prompts = ["a cat walks slowly", ""]
+    assert torch.allclose(c.text_encoder.encode(prompts), b.text_encoder.encode(prompts), atol=1e-6)
