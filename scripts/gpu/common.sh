@@ -18,3 +18,10 @@ step() {  # step NAME LIMIT command...: its log in $OUT, its last TAIL (12) line
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1 || log "FAILED ($?): $name"
   quiet "${TAIL:-12}" < "$OUT/$name.log"
 }
+run1() {  # run1 NAME LIMIT command...: its log in $R, its last TAIL (14) lines on stdout, then all of $R packed
+  local name=$1 limit=$2; shift 2  # into $OUT/$PACK after every step, so a call cut short keeps what it measured
+  echo "[$(date +%T)] start $name"
+  timeout "$limit" "$@" > "$R/$name.log" 2>&1 || echo "FAILED ($?): $name"
+  quiet "${TAIL:-14}" < "$R/$name.log"
+  tar -C "$R" -cf "$OUT/$PACK" .
+}

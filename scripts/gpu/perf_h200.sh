@@ -4,14 +4,7 @@
 # (full checkpointing). One perf.tar comes back in $OUT.   OUT=out bash scripts/gpu/perf_h200.sh
 source scripts/gpu/common.sh
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-R=/tmp/perf; mkdir -p $R
-run1() {
-  local name=$1 limit=$2; shift 2
-  echo "[$(date +%T)] start $name"
-  timeout "$limit" "$@" > "$R/$name.log" 2>&1 || echo "FAILED ($?): $name"
-  quiet "${TAIL:-14}" < "$R/$name.log"
-  tar -C $R -cf "$OUT/perf.tar" .
-}
+R=/tmp/perf; mkdir -p $R; PACK=perf.tar
 nvidia-smi -L
 MEM=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 AC=full; [[ $MEM -gt 100000 ]] && AC=selective

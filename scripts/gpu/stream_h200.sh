@@ -5,14 +5,7 @@
 # compiling as this machine's baseline, then the GPU tests. One stream.tar in $OUT.
 #   OUT=out bash scripts/gpu/stream_h200.sh
 source scripts/gpu/common.sh
-R=/tmp/stream; mkdir -p $R
-run1() {
-  local name=$1 limit=$2; shift 2
-  echo "[$(date +%T)] start $name"
-  timeout "$limit" "$@" > "$R/$name.log" 2>&1 || echo "FAILED ($?): $name"
-  quiet "${TAIL:-14}" < "$R/$name.log"
-  tar -C $R -cf "$OUT/stream.tar" .
-}
+R=/tmp/stream; mkdir -p $R; PACK=stream.tar
 nvidia-smi -L
 S=(python benchmarks/stream_latency.py --graphs --sdpa cudnn)
 run1 stream_compiled 150 "${S[@]}" --compile --decoders none,taehv --runs c3-3:2,c1-1:1 --context noisy \

@@ -3,14 +3,7 @@
 # and noisy context), the GPU tests, then the world-model chains (scripts/gpu/world_models.sh) in the rest.
 #   OUT=out bash scripts/gpu/stream_worlds.sh
 source scripts/gpu/common.sh
-R=/tmp/stream; mkdir -p $R
-run1() {
-  local name=$1 limit=$2; shift 2
-  echo "[$(date +%T)] start $name"
-  timeout "$limit" "$@" > "$R/$name.log" 2>&1 || echo "FAILED ($?): $name"
-  quiet "${TAIL:-14}" < "$R/$name.log"
-  tar -C $R -cf "$OUT/stream.tar" .
-}
+R=/tmp/stream; mkdir -p $R; PACK=stream.tar
 nvidia-smi -L
 for s in default cudnn; do
   run1 stream_$s 60 python benchmarks/stream_latency.py --graphs --decoders none --runs c3-3:2,c1-1:1 --sdpa $s \
