@@ -66,6 +66,27 @@ def test_fused_norm_rope_path_matches_plain():
     assert ((fused - plain).norm() / plain.norm()) < 1e-4
 
 
+def assert_streams_agree(make_engines, ctx, frames: int, ids: list[int]) -> None:
+    """The engines ``make_engines()`` builds (afresh per precision: graphs are captured per dtype) stream the
+    first one's frames: in fp32 (TF32 off) within 1e-4, under bf16 autocast within 2e-2 (relative Frobenius
+    error; the paths use different kernels, so bf16 rounding differences compound over the blocks)."""
+    from causal_rcm.stream.engine import Noise, stream
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            out = []
+            for engine in make_engines():
+                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    out.append(stream(engine, engine.start(ctx, None, Noise(1, ids, "cuda")), frames).float())
+            for other in out[1:]:
+                rel = ((other - out[0]).norm() / out[0].norm()).item()
+                assert rel < tol, (dtype, rel)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
 @requires_cuda
 @pytest.mark.gpu
 def test_compiled_graph_captured_stream_equals_eager():
@@ -74,26 +95,17 @@ def test_compiled_graph_captured_stream_equals_eager():
     autocast within bf16's rounding (a c3-3 stream of 9 frames: block shapes 3 and 3, cache layouts 3)."""
     import copy
 
-    from causal_rcm.stream.engine import Engine, Noise, stream
+    from causal_rcm.stream.engine import Engine
     from causal_rcm.stream.sampling import FewStep
 
     torch.manual_seed(0)
     net = randomize_(WanDiT(TINY)).cuda().eval()
     compiled = copy.deepcopy(net)
     ctx = torch.randn(1, 5, TINY.text_dim, device="cuda")
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
-            out = []
-            for m, kw in ((net, dict(static=True)), (compiled, dict(graphs=True, compile=True))):
-                engine = Engine(m, FewStep("c3-3", 2, 2), (TINY.in_dim, 6, 10), max_frames=9, **kw)
-                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                    out.append(stream(engine, engine.start(ctx, None, Noise(1, [0], "cuda")), 9).float())
-            rel = ((out[1] - out[0]).norm() / out[0].norm()).item()
-            assert rel < tol, (dtype, rel)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    how = FewStep("c3-3", 2, 2)
+    assert_streams_agree(lambda: [Engine(net, how, (TINY.in_dim, 6, 10), max_frames=9, static=True),
+                                  Engine(compiled, how, (TINY.in_dim, 6, 10), max_frames=9, graphs=True,
+                                         compile=True)], ctx, 9, [0])
 
 
 @requires_cuda
@@ -104,23 +116,12 @@ def test_graph_captured_stream_equals_eager():
     rounding of a 12-block stream (relative Frobenius error; the three paths use different attention kernels,
     so bf16 rounding differences compound over the blocks)."""
     from causal_rcm.kv_policy import KVPolicy
-    from causal_rcm.stream.engine import Engine, Noise, stream
+    from causal_rcm.stream.engine import Engine
     from causal_rcm.stream.sampling import FewStep
 
     torch.manual_seed(0)
     net = randomize_(WanDiT(TINY)).cuda().eval()
     ctx = torch.randn(2, 5, TINY.text_dim, device="cuda")
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
-            out = []
-            for kw in (dict(), dict(static=True), dict(graphs=True)):
-                engine = Engine(net, FewStep("c1-1", 2, 2), (TINY.in_dim, 6, 10), policy=KVPolicy(3, 1), **kw)
-                with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-                    out.append(stream(engine, engine.start(ctx, None, Noise(1, [0, 1], "cuda")), 12).float())
-            for other in out[1:]:
-                rel = ((other - out[0]).norm() / out[0].norm()).item()
-                assert rel < tol, (dtype, rel)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    how, policy = FewStep("c1-1", 2, 2), KVPolicy(3, 1)
+    assert_streams_agree(lambda: [Engine(net, how, (TINY.in_dim, 6, 10), policy=policy, **kw)
+                                  for kw in (dict(), dict(static=True), dict(graphs=True))], ctx, 12, [0, 1])
