@@ -117,7 +117,8 @@ class Bundle:
         if self.kind not in KINDS:
             raise ValueError(f"unknown bundle kind {self.kind!r}; one of {KINDS}")
         if (self.world is None) == (self.video is None):
-            raise ValueError("a bundle names either its world or (a free-text model) its video size")
+            raise ValueError(f"a bundle names exactly one of a 'world' and (a free-text model) a 'video' size; "
+                             f"this one names {'neither' if self.world is None else 'both'}")
         self.codec: VideoCodec = make_codec(self.codec_config)
 
     # ----- files ------------------------------------------------------------------------------------
@@ -147,12 +148,12 @@ class Bundle:
             sampling = sampling_from_dict(config.get("sampling", {}))
         except (KeyError, RuntimeError, TypeError) as e:
             raise BundleError(f"{path}: the bundle's tensors do not fit its config ({str(e).splitlines()[0]})") from None
-        if (world is None) == (video is None):
-            raise BundleError(f"{path}: the bundle config names {'both' if world else 'neither'} a 'world' "
-                              f"{'and' if world else 'nor'} a 'video' size; it needs exactly one")
         extra = {k: v for k, v in config.items()
                  if k not in ("kind", "model", "text_encoder", "world", "video", "sampling", "codec")}
-        return cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra, video)
+        try:
+            return cls(net, te, sampling, world, config.get("kind", "teacher"), config.get("codec"), extra, video)
+        except ValueError as e:  # the bundle's own rules (__post_init__), named with the file
+            raise BundleError(f"{path}: {e}") from None
 
     def config(self) -> dict:
         out = {"kind": self.kind, "model": self.net.cfg.to_dict(), "text_encoder": text_encoder_config(self.text_encoder),
