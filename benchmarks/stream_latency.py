@@ -10,12 +10,13 @@ decoder on a second CUDA stream, frames into pinned host memory) after a warm-up
   e2e_fps      video frames / wall time from start to the last frame on the host
   dit_fps      the same stream without decoding, synchronised per block (the DiT alone)
   peak_gib     peak GPU memory of the streamed video
+  compiles     graphs torch.compile made during the timed video (0 when the warm-up video covered them all)
 
 Random weights at the real configuration (speed does not depend on the values): Wan2.1-1.3B at 832×480,
 81 frames = 21 latent frames of 60×104, a random 512-token text context; decoders none | wan_vae (diffusers'
-AutoencoderKLWan at its Wan2.1 config, streamed) | taehv (the taew2_1 tiny decoder). ``--graphs`` captures
-the per-chunk forward as a CUDA graph (``Engine(graphs=True)``); ``--check-14b`` also builds the 14B DiT
-and streams one chunk to report its memory.
+AutoencoderKLWan at its Wan2.1 config, channels-last, streamed) | taehv (the taew2_1 tiny decoder).
+``--graphs`` captures the per-chunk forward as a CUDA graph (``Engine(graphs=True)``); ``--check-14b`` also
+builds the 14B DiT and streams one chunk to report its memory.
 
     python benchmarks/stream_latency.py --out results/stream_latency.json [--graphs] [--plot results/stream.png]
     python benchmarks/stream_latency.py --smoke     # a tiny configuration: checks the script in seconds
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 from common import write_result
+from torch._dynamo.utils import counters
 
 from causal_rcm.config import preset  # (common puts src on the path)
 from causal_rcm.kernels.attention import SDPA_ORDERS, use_sdpa_order
@@ -50,8 +52,10 @@ def decoder(name: str, smoke: bool, vae_compile: bool = False):
     if name == "wan_vae":
         from diffusers import AutoencoderKLWan
 
+        from causal_rcm.models.vae import channels_last_
+
         kw = dict(base_dim=8, dim_mult=[1, 1, 1, 1], num_res_blocks=1) if smoke else {}  # else Wan2.1's
-        vae = AutoencoderKLWan(**kw).to("cuda", torch.bfloat16).eval()
+        vae = channels_last_(AutoencoderKLWan(**kw).to("cuda", torch.bfloat16).eval())  # as decoders.py measures
         return WanVAECodec(vae, compile=vae_compile)  # compiled: one compilation per chunk shape, in the warm-up
     if name == "taehv":
         from causal_rcm.models.vae import TinyDecoderConfig, TinyVideoDecoder, taew2_1
@@ -83,7 +87,9 @@ def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool, steps_
         *_, warm = stream_once(engine, ctx, frames, 0)  # warm-up: allocations, autotuning, compiling, capture
         warm_s = time.perf_counter() - t_warm
         torch.cuda.reset_peak_memory_stats()
+        graphs = counters["stats"]["unique_graphs"]
         arrivals, per_block, _ = stream_once(engine, ctx, frames, 1, reuse=warm)
+        compiles = counters["stats"]["unique_graphs"] - graphs  # compiled during the timed video: should be 0
         peak = torch.cuda.max_memory_allocated() / 2**30
         dit = Engine(net, how, (C, H, W), PixelCodec(), FULL, frames, graphs=graphs, compile=compile)
         *_, warm = stream_once(dit, ctx, frames, 0)
@@ -101,7 +107,8 @@ def measure(net, pattern, steps, codec, shape, ctx, frames, graphs: bool, steps_
     return dict(pattern=pattern, steps=steps, steps_first=how.steps_first, context=context, first_ms=1000 * arrivals[0],
                 frame_p50=statistics.median(per_frame), frame_p99=sorted(per_frame)[int(0.99 * (len(per_frame) - 1))],
                 jitter_ms=1000 * statistics.pstdev(gaps) if len(gaps) > 1 else 0.0,
-                e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak, warmup_s=warm_s)
+                e2e_fps=video / arrivals[-1], dit_fps=video / dit_s, peak_gib=peak, warmup_s=warm_s,
+                timed_compiles=compiles)
 
 
 def main():
@@ -142,7 +149,8 @@ def main():
     cols = [("decoder", "decoder", 8, "s"), ("pattern", "pattern", 7, "s"), ("steps", "steps", 5, "d"),
             ("first_ms", "first ms", 9, ".1f"), ("frame_p50", "p50 ms/f", 9, ".2f"), ("frame_p99", "p99 ms/f", 9, ".2f"),
             ("jitter_ms", "jitter", 7, ".1f"), ("dit_fps", "DiT fps", 8, ".1f"), ("e2e_fps", "e2e fps", 8, ".1f"),
-            ("peak_gib", "peak GiB", 8, ".1f"), ("warmup_s", "warm-up s", 9, ".1f")]
+            ("peak_gib", "peak GiB", 8, ".1f"), ("warmup_s", "warm-up s", 9, ".1f"),
+            ("timed_compiles", "compiles", 8, "d")]
     rows = []
     for dec in args.decoders.split(","):
         codec = decoder(dec, args.smoke, args.vae_compile)

@@ -125,3 +125,35 @@ def test_graph_captured_stream_equals_eager():
     how, policy = FewStep("c1-1", 2, 2), KVPolicy(3, 1)
     assert_streams_agree(lambda: [Engine(net, how, (TINY.in_dim, 6, 10), policy=policy, **kw)
                                   for kw in (dict(), dict(static=True), dict(graphs=True))], ctx, 12, [0, 1])
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_second_realtime_video_compiles_nothing_new_in_the_wan_vae():
+    """A compiled Wan VAE codec warmed up by one real-time video decodes the next without compiling: the
+    side CUDA stream is the engine's for every video and every decode call sees one input layout (a new
+    stream or new strides would fail dynamo's guards and recompile inside the timed stream)."""
+    import dataclasses
+
+    from torch._dynamo.utils import counters
+
+    from causal_rcm.models.vae import channels_last_
+    from causal_rcm.stream.codec import WanVAECodec
+    from causal_rcm.stream.engine import Engine, Noise
+    from causal_rcm.stream.realtime import realtime_frames
+    from causal_rcm.stream.sampling import FewStep
+    from .test_codecs import tiny_wan_vae
+
+    torch.manual_seed(0)
+    net = randomize_(WanDiT(dataclasses.replace(TINY, in_dim=16, out_dim=16))).cuda().eval()
+    codec = WanVAECodec(channels_last_(tiny_wan_vae().cuda()), compile=True)
+    engine = Engine(net, FewStep("c3-3", 2, 2, context="noisy"), (16, 6, 10), codec, max_frames=7, graphs=True)
+    ctx = torch.randn(1, 5, TINY.text_dim, device="cuda")
+    videos, graphs = [], []
+    with torch.no_grad():
+        for seed in (0, 1):
+            graphs.append(counters["stats"]["unique_graphs"])
+            got = list(realtime_frames(engine, engine.start(ctx, None, Noise(seed, [0], "cuda")), 7))
+            videos.append(sum(f.shape[1] for _, f, _ in got))
+    assert videos == [1 + 4 * 6] * 2  # every frame of 7 latent frames, both times
+    assert graphs[0] < graphs[1] == counters["stats"]["unique_graphs"]

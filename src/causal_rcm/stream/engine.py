@@ -115,6 +115,7 @@ class Engine:
         if compile:
             net.compile_for_streaming()
         self.guided = isinstance(sampling, EulerCFG) and sampling.cfg != 1.0
+        self.decode_stream = None  # realtime.py's side CUDA stream, made once and kept for every video
 
     def start(self, ctx: torch.Tensor, ctx_uncond: torch.Tensor | None, noise: Noise,
               prefill: torch.Tensor | None = None, prefill_actions: Actions | None = None,

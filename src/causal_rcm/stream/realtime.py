@@ -24,12 +24,20 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
     return ((frames.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
 
 
+def _side_stream(engine: Engine, device: torch.device) -> torch.cuda.Stream:
+    """The engine's decode stream, made once and kept: a compiled decoder's guards include the current CUDA
+    stream, so a new stream per video would recompile it inside the timed stream after a warm-up video."""
+    if engine.decode_stream is None or engine.decode_stream.device != device:
+        engine.decode_stream = torch.cuda.Stream(device)
+    return engine.decode_stream
+
+
 def realtime_frames(engine: Engine, state: StreamState, frames: int, actions: Actions | None = None
                     ) -> Iterator[tuple[int, np.ndarray, float]]:
     """Blocks until ``frames`` latent frames exist (windowed engines: as many as asked, endlessly)."""
     t0 = time.perf_counter()
     cuda = state.ctx.is_cuda
-    side = torch.cuda.Stream() if cuda else None
+    side = _side_stream(engine, state.ctx.device) if cuda else None
     pending = None
     while state.frame < frames:
         b = state.block

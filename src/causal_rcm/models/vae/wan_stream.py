@@ -170,9 +170,10 @@ class WanStream:
         safe to run on a side CUDA stream.
         """
         self._check(z, state)
-        x = self.denormalize(z)
-        if self.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d):
-            x = x.contiguous(memory_format=torch.channels_last_3d)  # the layout channels_last_() chose
+        # one layout for every call, whatever strides the sampler's output has: a compiled decoder guards on
+        # strides, and elementwise work and cuDNN convolutions carry the input's layout into the cache
+        cl = self.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        x = self.denormalize(z).contiguous(memory_format=torch.channels_last_3d if cl else torch.contiguous_format)
         x = self.vae.post_quant_conv(x)
         cache = list(state.cache)  # the new state's list; the tensors it points to are shared, not copied
         parts = []
