@@ -214,6 +214,10 @@ def test_ode_snapshots(gen, bundle, tmp_path):
     x0 = from_model(torch.from_numpy(d["ode_states"][:, -1]).float())  # the t = 0 state is the video (fp16)
     assert np.abs(x0.astype(int) - d["videos"]).max() <= 1
     assert np.array_equal(d["videos"], sample(gen, d["prompts"], steps=4, batch=2))
+    mapped = read_synthetic(tmp_path / "ode", with_ode=True, mmap=True)  # one file every process maps
+    assert isinstance(mapped["ode_states"], np.memmap) and (tmp_path / "ode" / "ode_states.npy").is_file()
+    assert np.array_equal(np.asarray(mapped["ode_states"]), d["ode_states"])
+    assert isinstance(mapped["videos"], np.ndarray) and np.array_equal(mapped["videos"], d["videos"])
 
 
 def test_ode_init_grid_keeps_generator_samples(gen):

@@ -254,9 +254,9 @@ def test_real_clips_encode_into_a_latent_training_set(teacher, tmp_path):
 
 def test_latents_are_mapped_from_one_file(wan, teacher, tmp_path):
     """A latent dataset's latents come back mapped from DIR/latents.npy (one copy for every process), equal
-    to the shards' own; the file is remade when the shards change."""
+    to the shards' own; the file is remade when the shards change. ODE states too (DIR/ode_states.npy)."""
     from causal_rcm.config import apply_overrides
-    from causal_rcm.data.synthetic import LATENTS_FILE, latents_file, read_synthetic
+    from causal_rcm.data.synthetic import array_file, read_synthetic
     from causal_rcm.stages.synth import run_synth, synth_preset
 
     cfg = apply_overrides(synth_preset("wan-tiny"), [f"teacher={teacher}", f"prompts_file={wan / 'prompts.txt'}",
@@ -264,10 +264,10 @@ def test_latents_are_mapped_from_one_file(wan, teacher, tmp_path):
     out = run_synth(cfg, tmp_path / "d", device="cpu", progress=False)
     whole = read_synthetic(out)
     mapped = read_synthetic(out, mmap=True)
-    assert isinstance(mapped["latents"], np.memmap) and (out / LATENTS_FILE).is_file()
+    assert isinstance(mapped["latents"], np.memmap) and (out / "latents.npy").is_file()
     assert np.array_equal(np.asarray(mapped["latents"]), whole["latents"]) and mapped["prompts"] == whole["prompts"]
-    first = (out / LATENTS_FILE).stat().st_mtime_ns
-    assert latents_file(out).stat().st_mtime_ns == first  # made once
+    first = (out / "latents.npy").stat().st_mtime_ns
+    assert array_file(out).stat().st_mtime_ns == first  # made once
     (out / "shard_00001.npz").unlink()  # a shard lost: the file is remade from the valid one
     with pytest.warns(UserWarning):
         again = read_synthetic(out, mmap=True)

@@ -13,8 +13,9 @@ bidirectional teacher (``stages/synth.py`` draws them). A dataset is a shard fol
 This module knows the format only: the sampler is a function ``make_shard(lo, hi) -> arrays`` passed in.
 Sizes (uncompressed; shards are zlib-compressed: Blobworld videos shrink several-fold, ODE states hardly):
 a video is T·H·W·3 bytes, 64.5 KB at 21×32×32, so 10,000 videos take 645 MB; one ODE state is C·T·H·W·2
-bytes, 129 KB at 3×21×32×32, so K = 4 states of 10,000 videos take 5.2 GB, on disk and in memory when read
-back with ``with_ode=True``. Writing holds one shard in memory (256 videos with 4 states: 149 MB).
+bytes, 129 KB at 3×21×32×32, so K = 4 states of 10,000 videos take 5.2 GB on disk; training maps them from
+one file (``array_file``) shared by every process. Writing holds one shard in memory (256 videos with 4
+states: 149 MB).
 """
 from __future__ import annotations
 
@@ -62,49 +63,54 @@ def write_synthetic(out_dir: str | Path, n: int, shard_size: int, config: dict,
                         ignore=("teacher.path",), shard_info={"device": device}, desc="synth")
 
 
-LATENTS_FILE, LATENTS_STAMP = "latents.npy", "latents.json"
+MAPPABLE = ("latents", "ode_states")  # the arrays large enough to map from one file instead of each process's copy
 
 
-def latents_file(path: str | Path) -> Path:
-    """DIR/latents.npy: a latent dataset's latents of every valid shard in sample order as one uncompressed
-    array, so that every process of a run maps one copy (``read_synthetic(..., mmap=True)``) instead of
-    holding its own (4.2 MB a Wan2.1 480p video: 17 GB for 4,096 per process). Made once, shard by shard (one
-    shard in memory), written under a temporary name; remade when the shards change (its stamp,
-    DIR/latents.json, records their checksums, sizes and times on disk, and the valid count)."""
+def array_file(path: str | Path, key: str = "latents") -> Path:
+    """DIR/KEY.npy: the ``latents`` (a latent dataset's) or ``ode_states`` of every valid shard in sample order
+    as one uncompressed array, so that every process of a run maps one copy (``read_synthetic(...,
+    mmap=True)``) instead of holding its own (4.2 MB a Wan2.1 480p video: 17 GB for 4,096 per process; 4 ODE
+    states of 512 videos: 8.7 GB). Made once, shard by shard (one shard in memory), written under a temporary
+    name; remade when the shards change (its stamp, DIR/KEY.json, records their checksums, sizes and times on
+    disk, and the valid count)."""
     root = Path(path)
     manifest = load_manifest(root)
-    if manifest["config"].get("space") != "latent":
-        raise ValueError(f"{root} holds pixel videos, not latents")
+    if key not in MAPPABLE:
+        raise ValueError(f"{key!r} is not mapped from a file; choose one of {MAPPABLE}")
+    if key not in manifest["arrays"]:
+        what = "pixel videos, not latents" if key == "latents" else "no ODE snapshots"
+        raise ValueError(f"{root} holds {what}")
+
     def seen(entry: dict) -> str:  # the shard as recorded and as it is on disk now (size, modification time)
         f = root / entry["file"]
         return f"{entry['sha256']}:{f.stat().st_size}:{f.stat().st_mtime_ns}" if f.is_file() else f"{entry['sha256']}:-"
 
-    key = hashlib.sha256(";".join(seen(e) for e in manifest["shards"]).encode()).hexdigest()
-    out, stamp = root / LATENTS_FILE, root / LATENTS_STAMP
-    if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("shards") == key:
+    shards = hashlib.sha256(";".join(seen(e) for e in manifest["shards"]).encode()).hexdigest()
+    out, stamp = root / f"{key}.npy", root / f"{key}.json"
+    if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("shards") == shards:
         return out
     total = sum(s["count"] for s in manifest["shards"])
-    dtype, tail = manifest["arrays"]["latents"]
-    tmp = root / f".{LATENTS_FILE}.tmp"
+    dtype, tail = manifest["arrays"][key]
+    tmp = root / f".{key}.npy.tmp"
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(total, *tail))
     filled = 0
-    for arrays in iter_shards(root, ["latents"], FORMAT)[1]:
-        mm[filled:filled + len(arrays["latents"])] = arrays["latents"]
-        filled += len(arrays["latents"])
+    for arrays in iter_shards(root, [key], FORMAT)[1]:
+        mm[filled:filled + len(arrays[key])] = arrays[key]
+        filled += len(arrays[key])
     mm.flush()
     del mm
     check_filled(root, manifest, filled)
     tmp.replace(out)
-    write_json(stamp, {"shards": key, "count": filled})
+    write_json(stamp, {"shards": shards, "count": filled})
     return out
 
 
 def read_synthetic(path: str | Path, with_ode: bool = False, mmap: bool = False) -> dict:
     """A synthetic dataset, concatenated over its valid shards in sample order: ``videos`` uint8
-    [N, T, H, W, 3] (or ``latents`` float16 [N, C, T, H, W]; with ``mmap`` mapped from ``latents_file``, shared by
-    every process), ``frames`` (T, H, W in pixels), ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
+    [N, T, H, W, 3] (or ``latents`` float16 [N, C, T, H, W]), ``frames`` (T, H, W in pixels), ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
     models), ``config`` (the manifest's) and, with ``with_ode``, ``ode_states`` float16 [N, K, C, T, H, W]
-    and ``ode_times`` float32 [K].
+    and ``ode_times`` float32 [K]. With ``mmap``, latents and ODE states are mapped from ``array_file``
+    (one copy shared by every process; made here if missing or stale).
 
     A shard that is missing, whose sha256 differs from the manifest, that cannot be decoded or whose arrays
     have the wrong shapes or dtypes is reported (a SyntheticDataWarning naming the file and why) and
@@ -114,16 +120,16 @@ def read_synthetic(path: str | Path, with_ode: bool = False, mmap: bool = False)
     if with_ode and not config["ode_times"]:
         raise ValueError(f"{root} was written without ODE snapshots; rerun synth with --ode-times into a new folder")
     main = "latents" if config.get("space") == "latent" else "videos"
-    mapped = mmap and main == "latents"
-    keys = ([] if mapped else [main]) + ["prompts"] + (["actions"] if config.get("actions") else []) + (
-        ["ode_states"] if with_ode else [])
+    large = [main] + (["ode_states"] if with_ode else [])
+    mapped = [k for k in large if mmap and k in MAPPABLE]
+    keys = [k for k in large if k not in mapped] + ["prompts"] + (["actions"] if config.get("actions") else [])
     data = read_shards(root, keys, fmt=FORMAT)
-    if mapped:
-        file = latents_file(root)
-        count = json.loads((root / LATENTS_STAMP).read_text())["count"]
-        data["latents"] = np.load(file, mmap_mode="r")[:count]
-        if len(data["latents"]) != len(data["prompts"]):
-            raise ValueError(f"{root}: {file.name} holds {len(data['latents'])} latents for {len(data['prompts'])} "
+    for key in mapped:
+        file = array_file(root, key)
+        count = json.loads(file.with_suffix(".json").read_text())["count"]
+        data[key] = np.load(file, mmap_mode="r")[:count]
+        if len(data[key]) != len(data["prompts"]):
+            raise ValueError(f"{root}: {file.name} holds {len(data[key])} samples for {len(data['prompts'])} "
                              "prompts; delete it to have it remade")
     c, t, h, w = config["video_shape"]
     if main == "latents":
