@@ -106,3 +106,26 @@ def test_causal_teacher_takes_its_own_first_chunk_steps():
     d = sample_videos(b, p, seed=0, show_progress=False)
     assert (a[:, :1] == c[:, :1]).all()      # first block: 3 steps in both
     assert not (a[:, :1] == d[:, :1]).all()  # ... not the 2 of the plain grid
+
+
+def test_write_safetensors_is_read_back_by_safetensors(tmp_path):
+    """Our streaming writer's files are what safetensors' own reader expects: every dtype, shape (scalar,
+    empty, non-contiguous input, sizes whose bytes are not multiples of 8) and the metadata come back."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from causal_rcm.io import write_safetensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"net.w": torch.randn(3, 5, generator=g).to(torch.bfloat16), "net.t": torch.randn(7, 3, generator=g).t(),
+               "flag": torch.tensor(True), "none": torch.empty(0, 4), "ids": torch.arange(5),
+               "half": torch.randn(3, 1, generator=g).half(), "bytes": torch.arange(3, dtype=torch.uint8),
+               "f64": torch.randn(2, generator=g, dtype=torch.float64), "i32": torch.arange(3, dtype=torch.int32)}
+    path = write_safetensors(tmp_path / "sub" / "x.safetensors", tensors, {"config": "{}", "k": "v"})
+    got = load_file(path)
+    assert set(got) == set(tensors)
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape and torch.equal(got[k], v), k
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"config": "{}", "k": "v"}
+    assert [p.name for p in path.parent.iterdir()] == ["x.safetensors"]  # no temporary file left

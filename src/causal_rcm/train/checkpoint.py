@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..io import atomic_write, flat_tensors, say, split_prefixes
+from ..io import atomic_write, flat_tensors, say, split_prefixes, write_safetensors
 from . import distributed as D
 from . import sharded_state
 
@@ -97,11 +97,11 @@ def save_training_state(run_dir: str | Path, step: int, modules: dict, optimizer
             D.barrier()
             return final
     else:
-        save_file(flat_tensors(modules), str(tmp / "modules.safetensors"))
+        write_safetensors(tmp / "modules.safetensors", flat_tensors(modules))
         meta = {"step": step, "extra": extra, "optimizers": {}}
         for name, opt in optimizers.items():
             tensors, m = _optim_to_tensors(opt)
-            save_file(tensors, str(tmp / f"optim_{name}.safetensors"))
+            write_safetensors(tmp / f"optim_{name}.safetensors", tensors)
             meta["optimizers"][name] = m
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     meta["files"] = {p.relative_to(tmp).as_posix(): _fingerprint(p) for p in files}
