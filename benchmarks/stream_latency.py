@@ -173,7 +173,13 @@ def main():
     if args.check_14b:
         del net
         torch.cuda.empty_cache()
-        big = WanDiT(preset("wan2.1-14b")).to("cuda", torch.bfloat16).eval().requires_grad_(False)
+        dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # made on the GPU in bf16: no 56 GB fp32 copy on either side
+        try:
+            with torch.device("cuda"):
+                big = WanDiT(preset("wan2.1-14b")).eval().requires_grad_(False)
+        finally:
+            torch.set_default_dtype(dtype)
         ctx14 = torch.randn(1, 512, big.cfg.text_dim, device="cuda", dtype=torch.bfloat16)
         torch.cuda.reset_peak_memory_stats()
         engine = Engine(big, FewStep("c3-3", 2, 2), (16, 60, 104), PixelCodec(), FULL, 21)
