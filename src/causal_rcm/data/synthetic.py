@@ -107,9 +107,10 @@ def array_file(path: str | Path, key: str = "latents") -> Path:
 
 def read_synthetic(path: str | Path, with_ode: bool = False, mmap: bool = False) -> dict:
     """A synthetic dataset, concatenated over its valid shards in sample order: ``videos`` uint8
-    [N, T, H, W, 3] (or ``latents`` float16 [N, C, T, H, W]), ``frames`` (T, H, W in pixels), ``prompts`` list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world
-    models), ``config`` (the manifest's) and, with ``with_ode``, ``ode_states`` float16 [N, K, C, T, H, W]
-    and ``ode_times`` float32 [K]. With ``mmap``, latents and ODE states are mapped from ``array_file``
+    [N, T, H, W, 3] (or ``latents`` float16 [N, C, T, H, W]), ``frames`` (T, H, W in pixels), ``prompts``
+    list[str], ``sample_ids`` int64 [N], ``actions`` int64 [N, T − 1] (world models), ``config`` (the
+    manifest's) and, with ``with_ode``, ``ode_states`` float16 [N, K, C, T, H, W] and ``ode_times`` float32
+    [K]. With ``mmap``, latents and ODE states are mapped from ``array_file``
     (one copy shared by every process; made here if missing or stale).
 
     A shard that is missing, whose sha256 differs from the manifest, that cannot be decoded or whose arrays

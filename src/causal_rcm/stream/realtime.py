@@ -25,8 +25,8 @@ def _to_uint8(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _side_stream(engine: Engine, device: torch.device) -> torch.cuda.Stream:
-    """The engine's decode stream, made once and kept: a compiled decoder's guards include the current CUDA
-    stream, so a new stream per video would recompile it inside the timed stream after a warm-up video."""
+    """The engine's decode stream, made once and kept for every video it streams (not one per video: what a
+    compiled decoder was warmed up under stays what it runs under)."""
     if engine.decode_stream is None or engine.decode_stream.device != device:
         engine.decode_stream = torch.cuda.Stream(device)
     return engine.decode_stream
