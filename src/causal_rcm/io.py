@@ -162,7 +162,7 @@ def split_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
 def _hash_tensor(h, k: str, v: torch.Tensor) -> None:
     v = v.contiguous()
     h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-    h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    h.update(memoryview(v.reshape(-1).view(torch.uint8).numpy()) if v.numel() else b"")  # no copy
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
