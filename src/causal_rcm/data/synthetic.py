@@ -66,6 +66,13 @@ def write_synthetic(out_dir: str | Path, n: int, shard_size: int, config: dict,
 MAPPABLE = ("latents", "ode_states")  # the arrays large enough to map from one file instead of each process's copy
 
 
+def mapped_keys(config: dict, with_ode: bool) -> list[str]:
+    """The arrays ``read_synthetic(..., with_ode, mmap=True)`` maps from ``array_file`` for a dataset of this
+    manifest ``config``: a latent dataset's latents and, with ``with_ode``, the ODE states (pixel videos are
+    read from the shards)."""
+    return (["latents"] if config.get("space") == "latent" else []) + (["ode_states"] if with_ode else [])
+
+
 def array_file(path: str | Path, key: str = "latents") -> Path:
     """DIR/KEY.npy: the ``latents`` (a latent dataset's) or ``ode_states`` of every valid shard in sample order
     as one uncompressed array, so that every process of a run maps one copy (``read_synthetic(...,
@@ -121,8 +128,8 @@ def read_synthetic(path: str | Path, with_ode: bool = False, mmap: bool = False)
     if with_ode and not config["ode_times"]:
         raise ValueError(f"{root} was written without ODE snapshots; rerun synth with --ode-times into a new folder")
     main = "latents" if config.get("space") == "latent" else "videos"
+    mapped = mapped_keys(config, with_ode) if mmap else []
     large = [main] + (["ode_states"] if with_ode else [])
-    mapped = [k for k in large if mmap and k in MAPPABLE]
     keys = [k for k in large if k not in mapped] + ["prompts"] + (["actions"] if config.get("actions") else [])
     data = read_shards(root, keys, fmt=FORMAT)
     for key in mapped:

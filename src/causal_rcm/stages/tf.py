@@ -160,13 +160,11 @@ class TFData:
     each process draws its share of the global batch and one or N processes see the same batch."""
 
     def __init__(self, path: str, bundle: Bundle, with_ode: bool, seed: int, device):
-        from ..data.synthetic import array_file, load_manifest, read_synthetic
+        from ..data.synthetic import array_file, load_manifest, mapped_keys, read_synthetic
 
         if not path:
             raise ValueError("this stage needs data= (a synthetic dataset folder written by `causal-rcm synth`)")
-        mapped = (["latents"] if load_manifest(path)["config"].get("space") == "latent" else []) + (
-            ["ode_states"] if with_ode else [])
-        for key in mapped:  # one mapped copy for all processes, made by the first
+        for key in mapped_keys(load_manifest(path)["config"], with_ode):  # one mapped copy for all processes, made by the first
             D.on_main(lambda key=key: array_file(path, key))
         self.data = read_synthetic(path, with_ode=with_ode, mmap=True)
         self.bundle, self.seed, self.device, self.with_ode = bundle, seed, device, with_ode
