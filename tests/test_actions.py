@@ -86,3 +86,30 @@ def test_sampling_gives_the_conditional_branch_the_actions_and_follows_them(monk
         assert not feats[4:].any() and not valid[4:].any()
     vb = sample_videos(bundle, prompts, actions=b, show_progress=False)
     assert np.abs(va.astype(int) - vb.astype(int)).max() > 0
+
+
+def test_generate_from_given_frames_keeps_their_prompts_and_actions(tmp_path):
+    """`causal-rcm generate --start-from` on a Blobworld-agent model: the given first frames show balls whose
+    colours their prompts name, so each video keeps its data's prompt (and actions) and its first frame."""
+    from causal_rcm.stream.sampling import FewStep
+
+    torch.manual_seed(0)
+    world = WorldConfig(size=16, frames=5, variant="agent")
+    net = WanDiT(dataclasses.replace(preset("blob-tiny"), action_dim=5)).eval()
+    w = make_world(world)
+    text = WorldTextEncoder.for_prompts(list(w.prompts()), dim=32, num_layers=1, num_heads=2)
+    Bundle(net, text, FewStep(pattern="c1-1", steps_first=1, steps=1), world, "student").save(tmp_path / "m.safetensors")
+    data = tmp_path / "data.npz"
+    assert main(["world", "sample", "--variant", "agent", "--n", "5", "--size", "16", "--frames", "5",
+                 "--seed", "3", "--out", str(data)]) == 0
+    out = tmp_path / "g.npz"
+    assert main(["generate", "--ckpt", str(tmp_path / "m.safetensors"), "--start-from", str(data),
+                 "--out", str(out)]) == 0
+    given, got = np.load(data), np.load(out)
+    assert len(set(given["prompts"])) > 1  # the world's own prompt order would not line up with these
+    assert list(got["prompts"]) == list(given["prompts"])
+    assert np.array_equal(got["actions"], given["actions"])
+    assert np.array_equal(got["videos"][:, 0], given["videos"][:, 0])
+    assert main(["generate", "--ckpt", str(tmp_path / "m.safetensors"), "--start-from", str(data),
+                 "--prompt", "no ball", "--out", str(out)]) == 0
+    assert set(np.load(out)["prompts"]) == {"no ball"}

@@ -159,9 +159,13 @@ def _generate(a):
     else:
         prompts = [a.prompt or ""] * n
     if start is not None:
+        if len(start["videos"]) < n:
+            raise ValueError(f"--start-from {a.start_from} holds {len(start['videos'])} videos; {n} are asked for")
         if actions is None:
             actions = start.get("actions")
         start_frames = start["videos"][:n, :bundle.first_block_frames]
+        if world is not None and a.prompt is None and a.per_prompt is None and not a.unconditional:
+            prompts = [str(p) for p in start["prompts"][:n]]  # the given frames show the scene their prompts name
     else:
         start_frames = None
     t0 = time.time()

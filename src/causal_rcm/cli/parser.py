@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation layout: n / per-prompt prompts spread over the world's list, per-prompt each")
     g.add_argument("--actions", default=None, help="world models: a .npy of int actions [N, T - 1] (N follows)")
     g.add_argument("--start-from", default=None, help="world models: start each video from the first block of "
-                   "frames of this data .npz (its actions too, unless --actions)")
+                   "frames of this data .npz (its actions and prompts too, unless --actions / --prompt)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None)
 
