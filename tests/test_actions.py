@@ -113,3 +113,66 @@ def test_generate_from_given_frames_keeps_their_prompts_and_actions(tmp_path):
     assert main(["generate", "--ckpt", str(tmp_path / "m.safetensors"), "--start-from", str(data),
                  "--prompt", "no ball", "--out", str(out)]) == 0
     assert set(np.load(out)["prompts"]) == {"no ball"}
+
+
+def test_causal_teacher_learns_from_a_world_sample_file(tmp_path, monkeypatch, capsys):
+    """`train tf data=FILE.npz`: the causal teacher trains on the world's own videos and actions (a world
+    sample file instead of a synthetic dataset); every sample it is given carries one of the file's action
+    sequences, frame k the move a_{k−1}. A file of another world size, or a method that needs ODE states, is refused."""
+    world_args = ["--variant", "agent", "--size", "16", "--frames", "9"]
+    data = tmp_path / "world.npz"
+    assert main(["world", "sample", *world_args, "--n", "12", "--seed", "5", "--out", str(data)]) == 0
+    assert main(["train", "teacher", "--preset", "blob-tiny", "world.variant=agent", "train.steps=1",
+                 "train.batch=2", "train.warmup=1", "--out", str(tmp_path / "t")]) == 0
+    init = tmp_path / "t" / "teacher.safetensors"
+    seen = _recording(monkeypatch)
+    assert main(["train", "tf", "--preset", "blob-tiny", f"data={data}", f"init={init}", "train.steps=2",
+                 "train.batch=4", "train.warmup=1", "pattern=c1-1", "--out", str(tmp_path / "tf")]) == 0
+    want_f, want_v = _expected(np.load(data)["actions"])
+    rows = [(f, v) for feats, valid in seen[:2] for f, v in zip(feats, valid)]
+    assert len(rows) == 8 and any(v.any() for _, v in rows)
+    for f, v in rows:
+        # the TF layout gives the clean and the noisy copy of frame k the same action (METHOD.md §7)
+        half = len(v) // 2
+        assert np.array_equal(f[:half], f[half:]) and np.array_equal(v[:half], v[half:])
+        assert not v.any() or any(np.array_equal(f[:half], wf) and np.array_equal(v[:half], wv)
+                                  for wf, wv in zip(want_f, want_v))
+    small = tmp_path / "small.npz"
+    assert main(["world", "sample", "--variant", "agent", "--size", "12", "--frames", "9", "--n", "2",
+                 "--out", str(small)]) == 0
+    assert main(["train", "tf", "--preset", "blob-tiny", f"data={small}", f"init={init}", "train.steps=1",
+                 "--out", str(tmp_path / "tf2")]) != 0
+    assert "holds videos (9, 12, 12, 3)" in capsys.readouterr().err
+    assert main(["train", "ode_init", "--preset", "blob-tiny", f"data={data}", f"init={init}", "train.steps=1",
+                 "--out", str(tmp_path / "tf3")]) != 0
+    assert "needs the teacher's ODE states" in capsys.readouterr().err
+
+
+def test_action_sensitivity_is_one_for_a_model_that_ignores_actions():
+    """eval/actions.py: a world model whose action embedding is zero (as a new one starts) scores the same error
+    with permuted actions (ratio exactly 1, causal and bidirectional); once its output depends on the actions
+    the ratio moves off 1, and the true error equals the TF loss's own mean (the same quantity, unweighted)."""
+    from causal_rcm.eval.actions import action_sensitivity
+    from causal_rcm.masks import ChunkPattern
+    from causal_rcm.models.conditioning import encode_actions, frame_action_ids
+    from causal_rcm.objectives import tf as obj
+
+    torch.manual_seed(0)
+    net = WanDiT(dataclasses.replace(preset("blob-tiny"), action_dim=5)).eval()
+    torch.nn.init.normal_(net.head.head.weight, std=0.02)
+    s = make_world(WorldConfig(size=16, frames=9, variant="agent")).sample(6, seed=1)
+    x0 = torch.from_numpy(s["videos"]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    acts = encode_actions(frame_action_ids(s["actions"], 9, 1), 5, "cpu")
+    ctx = torch.randn(6, 4, net.cfg.text_dim)
+    batch = obj.Batch(x0, torch.randn_like(x0), ctx, actions=acts)
+    c11 = ChunkPattern.parse("c1-1")
+    for pattern in (None, c11):
+        rows = action_sensitivity(net, [batch], [0.3, 0.8], pattern)
+        assert all(r["ratio"] == 1.0 and r["n"] == 6 for r in rows)
+    torch.nn.init.normal_(net.action_embedding.mlp[2].weight, std=1.0)
+    rows = action_sensitivity(net, [batch], [0.3, 0.8], c11)
+    assert all(abs(r["ratio"] - 1) > 1e-4 for r in rows)
+    v_fn = obj.net_fns(net)[0]
+    with torch.no_grad():
+        mse = obj.tf_loss(v_fn, batch, torch.full((6,), 0.3), c11, weight="none")[1]["mse"]
+    assert abs(rows[0]["error_true"] - float(mse)) < 1e-5 * float(mse)

@@ -157,16 +157,22 @@ def with_layers(b: Bundle, layers: tuple[int, ...]) -> Bundle:
 
 class TFData:
     """A synthetic dataset as training batches: sample j of step s is drawn from (seed, DATA, s, j), so
-    each process draws its share of the global batch and one or N processes see the same batch."""
+    each process draws its share of the global batch and one or N processes see the same batch.
+
+    A world model's causal teacher may also learn from the world itself: ``path`` a world sample file (.npz of
+    `causal-rcm world sample` or a recipe's world stage) instead of a synthetic dataset folder."""
 
     def __init__(self, path: str, bundle: Bundle, with_ode: bool, seed: int, device):
         from ..data.synthetic import array_file, load_manifest, mapped_keys, read_synthetic
 
         if not path:
             raise ValueError("this stage needs data= (a synthetic dataset folder written by `causal-rcm synth`)")
-        for key in mapped_keys(load_manifest(path)["config"], with_ode):  # one mapped copy for all processes, made by the first
-            D.on_main(lambda key=key: array_file(path, key))
-        self.data = read_synthetic(path, with_ode=with_ode, mmap=True)
+        if Path(path).suffix.lower() == ".npz":
+            self.data = _world_file(path, bundle, with_ode)
+        else:
+            for key in mapped_keys(load_manifest(path)["config"], with_ode):  # one mapped copy for all processes, made by the first
+                D.on_main(lambda key=key: array_file(path, key))
+            self.data = read_synthetic(path, with_ode=with_ode, mmap=True)
         self.bundle, self.seed, self.device, self.with_ode = bundle, seed, device, with_ode
         self.n_actions = bundle.net.cfg.action_dim
         if self.n_actions and "actions" not in self.data:
@@ -195,6 +201,21 @@ class TFData:
             b.ode_states = torch.from_numpy(self.data["ode_states"][idx]).to(self.device)
             b.ode_times = torch.from_numpy(self.data["ode_times"]).to(self.device)
         return b, rng
+
+
+def _world_file(path: str, bundle: Bundle, with_ode: bool) -> dict:
+    """A world sample file's videos, prompts and actions, checked against the model's world."""
+    from ..worlds.samples import load_samples
+
+    if with_ode:
+        raise ValueError(f"data={path} is a world sample file; this method needs the teacher's ODE states "
+                         "(a synthetic dataset folder written by `causal-rcm synth ode_times=...`)")
+    world = bundle.world_or_raise()
+    s = load_samples(path)
+    want = (world.frames, world.size, world.size, 3)
+    if s["videos"].shape[1:] != want:
+        raise ValueError(f"data={path} holds videos {s['videos'].shape[1:]}; the model's world {world} has {want}")
+    return {k: s[k] for k in ("videos", "prompts", "actions") if k in s}
 
 
 def train_tf(cfg: TFConfig, run_dir: str | Path, device: str | None = None) -> Path:
