@@ -64,3 +64,31 @@ def test_real_score_cfg_is_the_synthetic_datas(setup):
     assert real_cfg(DMDConfig(data=str(setup["data"])), teacher) == 1.5   # what the data were drawn with
     assert real_cfg(DMDConfig(), teacher) == 2.5                          # no data: the teacher's own
     assert real_cfg(DMDConfig(w_real=4.0, data=str(setup["data"])), teacher) == 4.0  # an explicit ablation
+
+
+@pytest.mark.parametrize("teacher", ["teacher", "causal"])
+def test_a_causal_teacher_scores_the_rollout_block_causally(setup, teacher, tmp_path, monkeypatch):
+    """The real and the fake score see whole rollouts: through no mask for a bidirectional teacher, through the
+    teacher's block-causal mask (its own chunk pattern) for a causal one; the stage runs either way."""
+    from causal_rcm.masks import BlockCausal
+    from causal_rcm.stages.sf_dmd import train_sf_dmd
+
+    seen = []
+    forward = WanDiT.forward
+
+    def record(self, x, t, context, mask=None, cache=None, **kw):
+        if cache is None and x.shape[2] == WORLD.frames:  # a whole video, not a cached block of the rollout
+            seen.append(mask)
+        return forward(self, x, t, context, mask=mask, cache=cache, **kw)
+
+    monkeypatch.setattr(WanDiT, "forward", record)
+    cfg = DMDConfig(init=str(setup["student"]), teacher=str(setup[teacher]), data=str(setup["data"]))
+    cfg = dataclasses.replace(cfg, critic_ratio=1, train=dataclasses.replace(
+        cfg.train, batch=2, steps=1, warmup=1, eval_every=0, ckpt_every=1, num_workers=0))
+    train_sf_dmd(cfg, tmp_path / "run", device="cpu")
+    assert seen  # the critic's flow matching and the two scores
+    if teacher == "teacher":
+        assert all(m is None for m in seen)
+    else:
+        assert all(isinstance(m, BlockCausal) for m in seen)
+        assert all(m == seen[0] for m in seen) and seen[0].pattern == ChunkPattern.parse("c1-4")

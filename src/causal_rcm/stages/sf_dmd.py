@@ -7,7 +7,10 @@ Each training step is ``critic_ratio`` critic updates (flow matching on no-grad 
 generator update (DMD on a rollout with gradient through each block's last step; replayed block by block
 when ``replay``), and an EMA update of the generator. The real score is the bidirectional teacher with the
 CFG scale the synthetic data were drawn with (read from ``data``'s manifest, else the teacher bundle's own
-sampling: one constant, never a second one); the critic starts from the same teacher. ``joint`` adds the
+sampling: one constant, never a second one); the critic starts from the same teacher. A causal teacher
+(a world model's DF teacher, which learnt the world's own videos and follows its actions where a bidirectional
+teacher did not: docs/results/world_models.md) may be the real score instead: the real and the fake score
+then see the rollout through the teacher's block-causal mask, frame k scored from frames ≤ k. ``joint`` adds the
 TF-sCM loss (``objectives/tf_methods``, with this run's ``objective`` and the generator's own chunk pattern)
 on a synthetic batch to the generator step (the rCM regulariser; needs ``data`` and ``tf_teacher``). World
 models roll out under the world's behaviour-policy actions, which both scores see.
@@ -22,7 +25,7 @@ import torch
 
 from ..config import apply_overrides
 from ..flow import shift
-from ..masks import ChunkPattern
+from ..masks import ChunkPattern, block_causal
 from ..models.conditioning import encode_actions, frame_action_ids
 from ..objectives import tf as obj
 from ..objectives.dmd import critic_loss, dmd_loss, dmd_target
@@ -33,7 +36,7 @@ from ..seeding import CRITIC, GENERATOR, JOINT, SampleRandom, derive, local_ids
 from ..stream.bundle import Bundle
 from ..stream.codec import to_unit
 from ..stream.engine import Noise
-from ..stream.sampling import Euler, FewStep
+from ..stream.sampling import Euler, EulerCFG, FewStep
 from ..train import distributed as D
 from ..train.loop import NonFiniteLoss, Stepper, TrainConfig, make_ema, run_loop
 from ..train.parallelize import ParallelConfig
@@ -47,7 +50,7 @@ from .tf import TFData
 @dataclass(frozen=True)
 class DMDConfig:
     init: str = ""            # the generator's starting bundle (a TF-CM student, a causal teacher, ...)
-    teacher: str = ""         # the bidirectional teacher: real score, and the critic's initialisation
+    teacher: str = ""         # the real score (bidirectional, or causal: block-causal) and the critic's init
     data: str = ""            # the synthetic dataset: its CFG scale is the real score's; joint mode's batches
     pattern: str = ""         # "" = the init bundle's pattern
     steps_first: int = 4
@@ -107,11 +110,11 @@ def resolve(preset_name: str, overrides: list[str]) -> DMDConfig:
 
 
 def real_cfg(cfg: DMDConfig, teacher: Bundle) -> float:
-    """The real score's CFG scale: the synthetic data's (the distribution DMD matches), else (no data, or
-    real clips) the teacher's."""
+    """The real score's CFG scale: the synthetic data's (the distribution DMD matches), else (no data, real
+    clips, or a world sample file) the teacher's."""
     if cfg.w_real > 0:
         return cfg.w_real
-    if cfg.data:
+    if cfg.data and Path(cfg.data).suffix.lower() != ".npz":
         from ..data.synthetic import load_manifest
 
         sampling = load_manifest(cfg.data)["config"].get("sampling")
@@ -122,15 +125,18 @@ def real_cfg(cfg: DMDConfig, teacher: Bundle) -> float:
 
 def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None) -> Path:
     if not cfg.init or not cfg.teacher:
-        raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the bidirectional teacher)")
+        raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the real score: a bidirectional or a causal teacher)")
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
     place = Placement(cfg.parallel, dev)
     src = place.load_bundle(cfg.init, "init", trainable=True)
     real = place.load_bundle(cfg.teacher, "teacher")
-    if not isinstance(real.sampling, Euler):
-        raise ValueError(f"teacher= must be a bidirectional teacher bundle, got sampling {real.sampling.method!r}")
+    if not isinstance(real.sampling, (Euler, EulerCFG)):
+        raise ValueError(f"teacher= must be a teacher bundle (bidirectional or causal), got a student (sampling "
+                         f"{real.sampling.method!r})")
+    # a causal teacher scores frame k from frames <= k, the critic it starts as too
+    score_mask = block_causal(ChunkPattern.parse(real.sampling.pattern)) if real.causal else None
     if not src.causal:
         raise ValueError("init= must be a causal model (a causal teacher or a few-step student)")
     w_real = real_cfg(cfg, real)
@@ -158,10 +164,10 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     run_dir = Path(run_dir)
 
     def real_fn(x, t, c, actions=None):
-        return real_net(x, t, c, actions=actions)
+        return real_net(x, t, c, mask=score_mask, actions=actions)
 
     def fake_fn(x, t, c, actions=None):
-        return critic(x, t, c, actions=actions)
+        return critic(x, t, c, mask=score_mask, actions=actions)
 
     starts = w is not None and w.starts_from_frames
     if starts and not cfg.data:
