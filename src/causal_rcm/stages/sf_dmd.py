@@ -125,7 +125,8 @@ def real_cfg(cfg: DMDConfig, teacher: Bundle) -> float:
 
 def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None) -> Path:
     if not cfg.init or not cfg.teacher:
-        raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the real score: a bidirectional or a causal teacher)")
+        raise ValueError("sf_dmd needs init= (the generator's bundle) and teacher= (the real score: a "
+                         "bidirectional or a causal teacher)")
     tc = cfg.train
     dev = D.init_from_env(resolve_device(device))
     set_matmul_precision(dev)
