@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     print("| t | error, true actions | error, permuted | ratio [95 % CI] |\n| --- | --- | --- | --- |")
     for r in rows:
         lo, hi = r["ratio_ci95"]
-        print(f"| {r['t']:.2f} | {r['error_true']:.5f} | {r['error_permuted']:.5f} | {r['ratio']:.3f} [{lo:.3f}, {hi:.3f}] |")
+        print(f"| {r['t']:.2f} | {r['error_true']:.5f} | {r['error_permuted']:.5f} | "
+              f"{r['ratio']:.3f} [{lo:.3f}, {hi:.3f}] |")
     if a.out:
         write_json(a.out, {"bundle": a.bundle, "data": a.data, "layout": layout, "rows": rows})
     return 0

@@ -170,7 +170,8 @@ class TFData:
         if Path(path).suffix.lower() == ".npz":
             self.data = _world_file(path, bundle, with_ode)
         else:
-            for key in mapped_keys(load_manifest(path)["config"], with_ode):  # one mapped copy for all processes, made by the first
+            # one mapped copy for all processes, made by the first
+            for key in mapped_keys(load_manifest(path)["config"], with_ode):
                 D.on_main(lambda key=key: array_file(path, key))
             self.data = read_synthetic(path, with_ode=with_ode, mmap=True)
         self.bundle, self.seed, self.device, self.with_ode = bundle, seed, device, with_ode
