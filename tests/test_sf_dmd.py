@@ -67,18 +67,19 @@ def test_real_score_cfg_is_the_synthetic_datas(setup):
 
 
 @pytest.mark.parametrize("teacher", ["teacher", "causal"])
-def test_a_causal_teacher_scores_the_rollout_block_causally(setup, teacher, tmp_path, monkeypatch):
-    """The real and the fake score see whole rollouts: through no mask for a bidirectional teacher, through the
-    teacher's block-causal mask (its own chunk pattern) for a causal one; the stage runs either way."""
-    from causal_rcm.masks import BlockCausal
+def test_a_causal_teacher_scores_each_block_given_the_rollouts_past(setup, teacher, tmp_path, monkeypatch):
+    """The real and the fake score see whole rollouts without a mask for a bidirectional teacher; a causal one
+    sees the TF layout of its own pattern, [rollout clean | rollout noised at t_D], so block k is scored given
+    the rollout's earlier frames. The stage runs either way; the generator itself only runs on its KV cache."""
+    from causal_rcm.masks import TeacherForcing
     from causal_rcm.stages.sf_dmd import train_sf_dmd
 
     seen = []
     forward = WanDiT.forward
 
     def record(self, x, t, context, mask=None, cache=None, **kw):
-        if cache is None and x.shape[2] == WORLD.frames:  # a whole video, not a cached block of the rollout
-            seen.append(mask)
+        if cache is None:
+            seen.append((mask, x.shape[2], x[:, :, :x.shape[2] // 2].clone(), t.clone()))
         return forward(self, x, t, context, mask=mask, cache=cache, **kw)
 
     monkeypatch.setattr(WanDiT, "forward", record)
@@ -86,9 +87,15 @@ def test_a_causal_teacher_scores_the_rollout_block_causally(setup, teacher, tmp_
     cfg = dataclasses.replace(cfg, critic_ratio=1, train=dataclasses.replace(
         cfg.train, batch=2, steps=1, warmup=1, eval_every=0, ckpt_every=1, num_workers=0))
     train_sf_dmd(cfg, tmp_path / "run", device="cpu")
-    assert seen  # the critic's flow matching and the two scores
+    assert len(seen) >= 3  # the critic's flow matching and the two scores
+    T = WORLD.frames
     if teacher == "teacher":
-        assert all(m is None for m in seen)
+        assert all(m is None and f == T for m, f, _, _ in seen)
     else:
-        assert all(isinstance(m, BlockCausal) for m in seen)
-        assert all(m == seen[0] for m in seen) and seen[0].pattern == ChunkPattern.parse("c1-4")
+        assert all(isinstance(m, TeacherForcing) and m.pattern == ChunkPattern.parse("c1-4") and f == 2 * T
+                   for m, f, _, _ in seen)
+        for _, _, ctx_frames, t in seen:
+            assert (t[:, :T] == 0).all() and (t[:, T:] > 0).all()  # the clean past, the noisy blocks
+        # the DMD call: real and fake see the same clean rollout (the CFG halves tiled)
+        real_ctx, fake_ctx = seen[-2][2], seen[-1][2]
+        assert torch.equal(real_ctx[:2], real_ctx[2:]) and torch.equal(real_ctx[:2], fake_ctx)

@@ -7,10 +7,12 @@ Each training step is ``critic_ratio`` critic updates (flow matching on no-grad 
 generator update (DMD on a rollout with gradient through each block's last step; replayed block by block
 when ``replay``), and an EMA update of the generator. The real score is the bidirectional teacher with the
 CFG scale the synthetic data were drawn with (read from ``data``'s manifest, else the teacher bundle's own
-sampling: one constant, never a second one); the critic starts from the same teacher. A causal teacher
-(a world model's DF teacher, which learnt the world's own videos and follows its actions where a bidirectional
-teacher did not: docs/results/world_models.md) may be the real score instead: the real and the fake score
-then see the rollout through the teacher's block-causal mask, frame k scored from frames ≤ k. ``joint`` adds the
+sampling: one constant, never a second one); the critic starts from the same teacher. A causal teacher may be
+the real score instead (a world model's teacher that learnt the world's own videos frame by frame and follows
+its actions where a bidirectional teacher did not: docs/results/world_models.md): the real and the fake score
+then see each block of the rollout noised at t_D with the rollout's earlier frames as clean context (the TF
+layout of the teacher's pattern), so DMD matches the generator's next-block distributions given its own past.
+``joint`` adds the
 TF-sCM loss (``objectives/tf_methods``, with this run's ``objective`` and the generator's own chunk pattern)
 on a synthetic batch to the generator step (the rCM regulariser; needs ``data`` and ``tf_teacher``). World
 models roll out under the world's behaviour-policy actions, which both scores see.
@@ -25,7 +27,7 @@ import torch
 
 from ..config import apply_overrides
 from ..flow import shift
-from ..masks import ChunkPattern, block_causal
+from ..masks import ChunkPattern, teacher_forcing
 from ..models.conditioning import encode_actions, frame_action_ids
 from ..objectives import tf as obj
 from ..objectives.dmd import critic_loss, dmd_loss, dmd_target
@@ -50,7 +52,7 @@ from .tf import TFData
 @dataclass(frozen=True)
 class DMDConfig:
     init: str = ""            # the generator's starting bundle (a TF-CM student, a causal teacher, ...)
-    teacher: str = ""         # the real score (bidirectional, or causal: block-causal) and the critic's init
+    teacher: str = ""         # the real score (bidirectional, or causal: TF layout) and the critic's init
     data: str = ""            # the synthetic dataset: its CFG scale is the real score's; joint mode's batches
     pattern: str = ""         # "" = the init bundle's pattern
     steps_first: int = 4
@@ -136,8 +138,8 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     if not isinstance(real.sampling, (Euler, EulerCFG)):
         raise ValueError(f"teacher= must be a teacher bundle (bidirectional or causal), got a student (sampling "
                          f"{real.sampling.method!r})")
-    # a causal teacher scores frame k from frames <= k, the critic it starts as too
-    score_mask = block_causal(ChunkPattern.parse(real.sampling.pattern)) if real.causal else None
+    # a causal teacher scores block k given the rollout's frames before it, clean; the critic it starts as too
+    tf_mask = teacher_forcing(ChunkPattern.parse(real.sampling.pattern)) if real.causal else None
     if not src.causal:
         raise ValueError("init= must be a causal model (a causal teacher or a few-step student)")
     w_real = real_cfg(cfg, real)
@@ -164,11 +166,22 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
     resolved = begin_run("sf_dmd", cfg, run_dir, tc.seed, D.world_size(), D.is_main())
     run_dir = Path(run_dir)
 
-    def real_fn(x, t, c, actions=None):
-        return real_net(x, t, c, mask=score_mask, actions=actions)
+    def scores(G: torch.Tensor):
+        """(real_fn, fake_fn) on noisy versions of the rollout G: whole videos for a bidirectional teacher; for
+        a causal one, the TF layout [G clean | x noisy] (G tiled over the CFG halves)."""
+        if tf_mask is None:
+            return (lambda x, t, c, actions=None: real_net(x, t, c, actions=actions),
+                    lambda x, t, c, actions=None: critic(x, t, c, actions=actions))
+        clean = G.detach()
 
-    def fake_fn(x, t, c, actions=None):
-        return critic(x, t, c, mask=score_mask, actions=actions)
+        def tf_layout(net):
+            def fn(x, t, c, actions=None):
+                x_ctx = clean.repeat(x.shape[0] // clean.shape[0], 1, 1, 1, 1).to(x.dtype)
+                t_ctx = torch.zeros(x.shape[0], x.shape[2], device=x.device)
+                return obj.tf_velocity(net, x_ctx, t_ctx, x, t, c, tf_mask, actions=actions)
+            return fn
+
+        return tf_layout(real_net), tf_layout(critic)
 
     starts = w is not None and w.starts_from_frames
     if starts and not cfg.data:
@@ -214,7 +227,7 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
                     G = rollout(gen_net, ctx, noise, shape, how, step * cfg.critic_ratio + k, replay=True,
                                 actions=actions, prefill=prefill).video
                 with autocast_for(dev, tc.precision):
-                    loss_c, mc = critic_loss(fake_fn, G.float(), t_D, eps, ctx, actions, given)
+                    loss_c, mc = critic_loss(scores(G)[1], G.float(), t_D, eps, ctx, actions, given)
                 critic_opt.backward(loss_c, 1 / n_acc)
                 add(m, mc, 1 / (n_acc * cfg.critic_ratio))
             add(m, {f"critic_{n}": v for n, v in critic_opt.step(None, step).items()}, 1 / cfg.critic_ratio)
@@ -226,7 +239,8 @@ def train_sf_dmd(cfg: DMDConfig, run_dir: str | Path, device: str | None = None)
                 with torch.set_grad_enabled(not cfg.replay), place.gathered(gen_net, enabled=cfg.replay):
                     ro = rollout(gen_net, ctx, noise, shape, how, step, replay=cfg.replay, actions=actions,
                                  prefill=prefill)
-                target, md = dmd_target(ro.video.float(), real_fn, fake_fn, t_D, eps, ctx, ctx_u, w_real, actions)
+                target, md = dmd_target(ro.video.float(), *scores(ro.video.float()), t_D, eps, ctx, ctx_u, w_real,
+                                        actions)
                 if cfg.replay:
                     dmd_value += replay_blocks(gen_net, ctx, ro, pattern, target,
                                                lambda x0, tb: dmd_loss(x0.float(), tb) / n_acc, actions)

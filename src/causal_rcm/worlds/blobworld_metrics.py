@@ -55,11 +55,11 @@ STEP_RANGE = (1.0, 3.0)
 STILL_MAX = 0.75
 T2V_METRICS = ("artifact_rate", "prompt_accuracy", "persistence", "size_stability", "motion_error",
                "position_entropy", "direction_entropy")
-AGENT_METRICS = T2V_METRICS + ("action_accuracy", "agent_still")
+AGENT_METRICS = T2V_METRICS + ("action_accuracy", "agent_still", "action_drift")  # the last: a diagnostic
 HIGHER_IS_BETTER = {
     "prompt_accuracy": True, "persistence": True, "motion_error": False, "artifact_rate": False,
     "size_stability": False, "position_entropy": True, "direction_entropy": True,
-    "action_accuracy": True, "agent_still": True, "blob_fd": False,
+    "action_accuracy": True, "agent_still": True, "action_drift": True, "blob_fd": False,
 }
 
 
@@ -239,22 +239,38 @@ def _agent_moves(st: FrameStats) -> tuple[np.ndarray, np.ndarray]:
     return c[:, 1:] - c[:, :-1], present[:, 1:] & present[:, :-1]
 
 
-def action_accuracy(st: FrameStats, actions: np.ndarray) -> float:
-    """Over moves a_t ≠ 0 with the agent present at t, t + 1 and its edge > 2.5 px from the wall it moves
-    toward: fraction whose dominant axis and sign match a_t and whose length is in [1, 3] px."""
+def _counted_moves(st: FrameStats, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(agent displacement [N, T−1, 2], the moves a_t ≠ 0 with the agent present at t, t + 1 and its edge
+    > 2.5 px from the wall it moves toward [N, T−1])."""
     h, w = st.size
     move, both = _agent_moves(st)
     c, r = st.centroid[:, :-1, AGENT], st.radius[:, :-1, AGENT]
     # Gap to the wall ahead for each action (none, up, down, left, right), minus the agent's radius.
     ahead = np.stack([np.full_like(r, np.inf), c[..., 1], h - c[..., 1], c[..., 0], w - c[..., 0]], axis=-1)
     gap = np.take_along_axis(ahead, actions[..., None], axis=-1)[..., 0] - r
-    counted = (actions != 0) & both & (gap > AGENT_WALL_GAP)
+    return move, (actions != 0) & both & (gap > AGENT_WALL_GAP)
+
+
+def action_accuracy(st: FrameStats, actions: np.ndarray) -> float:
+    """Over moves a_t ≠ 0 with the agent present at t, t + 1 and its edge > 2.5 px from the wall it moves
+    toward: fraction whose dominant axis and sign match a_t and whose length is in [1, 3] px."""
+    move, counted = _counted_moves(st, actions)
     direction = ACTION_DIRECTIONS[actions]  # [N, T−1, 2]
     along = np.sum(move * direction, axis=-1)
     across = np.sum(np.abs(move * direction[..., ::-1]), axis=-1)
     length = np.linalg.norm(move, axis=-1)
     right = (along > across) & (length >= STEP_RANGE[0]) & (length <= STEP_RANGE[1])
     return _mean(right[counted])
+
+
+def action_drift(st: FrameStats, actions: np.ndarray) -> float:
+    """A diagnostic beside the spec's metrics: over the moves ``action_accuracy`` counts, the mean displacement
+    along the action's direction (px). The data score the agent's step (2·W/32 px); a model that ignores its
+    actions scores about 0 whatever it draws, so a partial dependence shows where the [1, 3] px window of
+    ``action_accuracy`` (unscaled at W < 32) or an agent drawn at the wrong size hides it."""
+    move, counted = _counted_moves(st, actions)
+    along = np.sum(np.nan_to_num(move) * ACTION_DIRECTIONS[actions], axis=-1)
+    return _mean(along[counted])
 
 
 def agent_still(st: FrameStats, actions: np.ndarray) -> float:
@@ -316,6 +332,7 @@ def _scorer(videos, prompts, actions, variant, reference=None):
         if actions is not None:
             out["action_accuracy"] = action_accuracy(st, actions[idx])
             out["agent_still"] = agent_still(st, actions[idx])
+            out["action_drift"] = action_drift(st, actions[idx])
         return out
 
     def fd(idx: np.ndarray) -> float:
