@@ -35,6 +35,7 @@ class WorldDataConfig:
 def world_data_preset(name: str) -> WorldDataConfig:
     presets = {
         "blob-agent": WorldDataConfig(WorldConfig("blobworld", "agent", 32, 21)),
+        "blob-agent-tiny": WorldDataConfig(WorldConfig("blobworld", "agent", 16, 9)),
         "atari-pong": WorldDataConfig(WorldConfig("atari", "Pong", 64, 21)),
         "atari-breakout": WorldDataConfig(WorldConfig("atari", "Breakout", 64, 21)),
         "atari-tiny": WorldDataConfig(WorldConfig("atari", "Pong", 64, 5), n=16, shard_size=8),
