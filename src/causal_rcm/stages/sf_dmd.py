@@ -12,10 +12,9 @@ the real score instead (a world model's teacher that learnt the world's own vide
 its actions where a bidirectional teacher did not: docs/results/world_models.md): the real and the fake score
 then see each block of the rollout noised at t_D with the rollout's earlier frames as clean context (the TF
 layout of the teacher's pattern), so DMD matches the generator's next-block distributions given its own past.
-``joint`` adds the
-TF-sCM loss (``objectives/tf_methods``, with this run's ``objective`` and the generator's own chunk pattern)
-on a synthetic batch to the generator step (the rCM regulariser; needs ``data`` and ``tf_teacher``). World
-models roll out under the world's behaviour-policy actions, which both scores see.
+``joint`` adds the TF-sCM loss (``objectives/tf_methods``, with this run's ``objective`` and the generator's own
+chunk pattern) on a synthetic batch to the generator step (the rCM regulariser; needs ``data`` and
+``tf_teacher``). World models roll out under the world's behaviour-policy actions, which both scores see.
 """
 from __future__ import annotations
 
@@ -53,7 +52,8 @@ from .tf import TFData
 class DMDConfig:
     init: str = ""            # the generator's starting bundle (a TF-CM student, a causal teacher, ...)
     teacher: str = ""         # the real score (bidirectional, or causal: TF layout) and the critic's init
-    data: str = ""            # the synthetic dataset: its CFG scale is the real score's; joint mode's batches
+    data: str = ""            # the synthetic dataset (its CFG scale is the real score's; joint mode's batches)
+                              # or a world sample file (a world model's first frames and actions)
     pattern: str = ""         # "" = the init bundle's pattern
     steps_first: int = 4
     steps: int = 2

@@ -29,6 +29,8 @@ Readings of the spec where it leaves a detail open (each the most literal one we
   of strictly larger |displacement| (an exact tie matches neither).
 - ``agent_still``: every transition with a_t = 0 counts; one where the agent is absent at t or t + 1 has
   no displacement and counts as not still.
+- ``action_drift`` is not in the spec: a diagnostic of the agent variant (``action_drift`` below), reported
+  after the spec's metrics.
 - Pixel distances (1.5, 2.5, [1, 3], 0.75) are not marked * in the spec and are not scaled with W; the
   area threshold 6·(W/32)² is.
 - Empty sets: a metric over an empty set (no foreground pixel, no prompted ball, no qualifying frame,
@@ -346,7 +348,7 @@ def evaluate(videos: np.ndarray, prompts: Sequence[str], actions: np.ndarray | N
     """Every §4 metric of a set of videos (uint8 [N, T, H, W, 3]) with their prompts and, for the agent
     variant, actions int64 [N, T − 1]; the variant is "agent" exactly when actions are given unless
     named. With ``reference`` videos also ``blob_fd`` (worlds/blobworld_fd.py). Returns the metric names of
-    the spec in its order, then ``n_samples``."""
+    the spec in its order (the agent variant then the diagnostic ``action_drift``), then ``n_samples``."""
     videos, prompts, actions, variant = _checked(videos, prompts, actions, variant)
     score, fd = _scorer(videos, prompts, actions, variant, reference)
     every = np.arange(len(videos))
