@@ -5,7 +5,8 @@
 # bidirectional teacher did not (+0.1 %). Both patterns train side by side from the action-free blob-s teacher
 # (its new action embedding at zero), under one time limit each; then, on held-out rendered videos, the
 # action sensitivity (scripts/action_sensitivity.py) and samples from each video's first frame under its true
-# and under permuted actions, scored by `causal-rcm eval --intervals`. One agent_causal.tar comes back in $OUT.
+# and under permuted actions, scored by `causal-rcm eval --intervals` (action_drift too), with the control
+# (the true-action videos' drift along other videos' actions). One agent_causal.tar comes back in $OUT.
 #   OUT=out bash scripts/gpu/agent_causal.sh        TINY=1 OUT=/tmp/ac bash scripts/gpu/agent_causal.sh (CPU)
 source scripts/gpu/common.sh
 R=${RUN:-/tmp/agent_causal}; mkdir -p $R; PACK=agent_causal.tar
@@ -42,6 +43,10 @@ for M in init/teacher $(for PAT in $PATS; do echo tf_$PAT/model; done); do
 $R/heldout.npz ${acts[*]} --seed 3 --out $R/gen_${name}_$A.npz && python -m causal_rcm.cli eval --intervals \
 $R/gen_${name}_$A.npz"
   done
+  # the control: the videos made under the true actions, their drift along other videos' (permuted) actions
+  python -c "import numpy as np; from causal_rcm.worlds.blobworld_metrics import evaluate as e; \
+d = np.load('$R/gen_${name}_true.npz'); print('drift along other actions:', \
+e(d['videos'], list(d['prompts']), np.load('$R/permuted.npy'))['action_drift'])" 2>&1 | tee $R/control_$name.log
 done
 python -m causal_rcm.cli eval --intervals $R/heldout.npz > $R/eval_heldout.log 2>&1
 rm -f $R/world.npz $R/*/checkpoints -r
