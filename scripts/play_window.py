@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-METRICS = {"agent": ("prompt_accuracy", "persistence", "artifact_rate", "action_accuracy", "agent_still"),
+METRICS = {"agent": ("prompt_accuracy", "persistence", "artifact_rate", "action_accuracy", "agent_still", "action_drift"),
            "t2v": ("prompt_accuracy", "persistence", "artifact_rate", "size_stability", "motion_error")}
 
 
