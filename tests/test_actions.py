@@ -176,3 +176,25 @@ def test_action_sensitivity_is_one_for_a_model_that_ignores_actions():
     with torch.no_grad():
         mse = obj.tf_loss(v_fn, batch, torch.full((6,), 0.3), c11, weight="none")[1]["mse"]
     assert abs(rows[0]["error_true"] - float(mse)) < 1e-5 * float(mse)
+
+
+def test_the_shipped_tiny_agent_student_follows_its_actions(tmp_path):
+    """assets/blob-agent-tiny/sf_dmd_c1-1 (the blob-agent-tiny recipe's SF-DMD student, docs/results/
+    world_models.md), from rendered first frames under their actions: the agent drifts along the given actions
+    (the data: 1 px per step at 16×16) and not along other videos' actions."""
+    from causal_rcm.worlds.blobworld_metrics import evaluate
+
+    data = tmp_path / "data.npz"
+    assert main(["world", "sample", "--variant", "agent", "--n", "48", "--size", "16", "--frames", "9",
+                 "--seed", "21", "--out", str(data)]) == 0
+    out = tmp_path / "g.npz"
+    from pathlib import Path
+
+    ckpt = Path(__file__).resolve().parents[1] / "assets" / "blob-agent-tiny" / "sf_dmd_c1-1.safetensors"
+    assert main(["generate", "--ckpt", str(ckpt), "--start-from", str(data),
+                 "--seed", "1", "--out", str(out)]) == 0
+    g = np.load(out)
+    own = evaluate(g["videos"], list(g["prompts"]), g["actions"])
+    other = evaluate(g["videos"], list(g["prompts"]), np.roll(g["actions"], 1, axis=0))
+    assert own["action_drift"] > 0.7 and abs(other["action_drift"]) < 0.35
+    assert own["action_accuracy"] > 0.4
