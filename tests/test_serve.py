@@ -364,3 +364,31 @@ def test_one_worker_per_device_and_a_dead_worker_stops_the_server(tmp_path):
     finally:
         rc, out = s.stop()
     assert rc == 2 and "the model worker on cpu stopped" in out.strip().splitlines()[-1], out
+
+
+@pytest.mark.parametrize("pattern", ["c1-1", "c3-3"])
+def test_a_blobworld_stream_may_start_from_the_rendered_world(tmp_path, pattern):
+    """``--start-rendered``: the stream's first block is the world's rendered scene for the player's seed and
+    prompt, the agent standing still, delivered as frames 0 … f − 1; the model goes on from it. Without it the
+    model draws frame 0 itself."""
+    from causal_rcm.serve.options import PlayOptions
+    from causal_rcm.serve.session import Game, Player
+    from causal_rcm.stream.bundle import Bundle
+    from causal_rcm.worlds.registry import make_world
+
+    world = WorldConfig("blobworld", "agent", 16, 9)
+    bundle = Bundle.load(random_bundle(tmp_path / "m.safetensors", world, pattern), device="cpu")
+    f = bundle.first_block_frames
+    truth = make_world(world).sample(1, seed=5, prompts=["a red ball"], actions=np.zeros((1, 8), np.int64))
+    for rendered in (True, False):
+        out = []
+        p = Player(Game(bundle, PlayOptions(start_rendered=rendered)), lambda fs, ms: out.extend(fs), lambda m: None)
+        p.request_start(Start(5, "a red ball"))
+        p.begin()
+        for _ in range(4):
+            p.advance()
+        first = np.stack([decode_png(o.png) for o in out[:f]])
+        assert [o.index for o in out[:f + 1]] == list(range(f + 1))
+        assert np.array_equal(first, truth["videos"][0, :f]) == rendered
+        if rendered:
+            assert [o.action for o in out[:f]] == [-1] + [0] * (f - 1)

@@ -261,7 +261,7 @@ def _play(a):
     _positive("threads", a.threads)
     play(a.ckpt, a.host, a.port, PlayOptions(fps=a.fps, window=a.window, sink=a.sink, side_by_side=a.side_by_side,
                                              max_players=a.max_players, device=a.device, threads=a.threads,
-                                             graphs=a.graphs))
+                                             graphs=a.graphs, start_rendered=a.start_rendered))
 
 
 def _encode(a):

@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--side-by-side", action="store_true",
                     help="Atari: step the real emulator with the same keys and show it beside the model")
     pl.add_argument("--max-players", type=int, default=4, help="simultaneous sessions; more are refused")
+    pl.add_argument("--start-rendered", action="store_true",
+                    help="Blobworld: start each stream from the world's rendered first frame(s) for the prompt")
     pl.add_argument("--threads", type=int, default=None, help="torch CPU threads of the model worker")
     pl.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
                     help="replay each block's forward as a captured CUDA graph (default: on with a CUDA device)")

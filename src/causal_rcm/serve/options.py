@@ -16,6 +16,7 @@ class PlayOptions:
     device: str | None = None
     threads: int | None = None        # torch CPU threads of the model worker (None: torch's default)
     graphs: bool | None = None        # replay each block's forward as a CUDA graph; None: on a CUDA device
+    start_rendered: bool = False      # Blobworld: each stream starts from the world's rendered first block
 
     def __post_init__(self):
         if not self.fps > 0:

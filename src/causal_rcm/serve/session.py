@@ -134,8 +134,8 @@ class Player:
         first = []
         prefill = prefill_actions = None
         self.side_by_side = g.side_by_side and m.side_by_side
-        if g.atari:
-            frames, acts = self._start_frames(m)
+        if g.atari or g.options.start_rendered:
+            frames, acts = self._start_frames(m) if g.atari else self._rendered_start(m.seed, prompt)
             prefill = b.codec.encode(to_unit(frames[None]).to(dev))
             prefill_actions = encode_actions(frame_action_ids(acts[None], prefill.shape[2], self.game.stride),
                                              g.n_actions, dev)
@@ -152,6 +152,15 @@ class Player:
         if first:
             self._deliver(first, 0.0)
         self.due = time.monotonic() + len(first) / g.options.fps
+
+    def _rendered_start(self, seed: int, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """A rendered world's first block uint8 [f, H, W, 3] for the prompt (scene seeded by ``seed``), the
+        agent standing still ("none") between its frames: the start the model is evaluated from."""
+        g = self.game
+        f = g.bundle.first_block_frames
+        acts = np.zeros((1, g.world.config.frames - 1), np.int64) if g.n_actions else None
+        s = g.world.sample(1, seed=seed, prompts=[prompt] if g.world.prompts() else None, actions=acts)
+        return s["videos"][0, :f], np.zeros(f - 1, np.int64)
 
     def _start_frames(self, m: Start) -> tuple[np.ndarray, np.ndarray]:
         """Atari: the first block's real frames uint8 [f, H, W, 3] and the actions between them [f − 1];
