@@ -17,24 +17,26 @@ import torch
 
 from ..flow import noisy
 from ..masks import ChunkPattern, teacher_forcing
-from ..objectives import tf as obj
+from ..models.conditioning import Actions
 
 
-def flow_error(net, b: obj.Batch, t: float, pattern: ChunkPattern | None) -> torch.Tensor:
-    """Per-sample mean ‖v_θ − (ε − x0)‖² at time t (pattern None: the whole video noisy, bidirectional)."""
-    v_fn = obj.net_fns(net)[0]
+def flow_error(net, b, t: float, pattern: ChunkPattern | None) -> torch.Tensor:
+    """Per-sample mean ‖v_θ − (ε − x0)‖² at time t of batch ``b`` (x0, eps, ctx, actions): pattern None the
+    whole video noisy (bidirectional); else the TF layout [x0 clean | x_t] under the teacher-forcing mask,
+    scored on the noisy half (the tf loss of objectives/tf.py, unweighted, which the tests hold it to)."""
     B, T = b.x0.shape[0], b.x0.shape[2]
-    tt = torch.full((B,), float(t), device=b.x0.device)
-    x_t = noisy(b.x0, b.eps, tt)
+    tt = torch.full((B, T), float(t), device=b.x0.device)
+    x_t = noisy(b.x0, b.eps, tt[:, 0])
     if pattern is None:
-        v = v_fn(x_t, obj.per_frame(tt, T), b.ctx, actions=b.actions)
+        v = net(x_t, tt, b.ctx, actions=b.actions)
     else:
-        v = obj.tf_velocity(v_fn, b.x0, torch.zeros(B, T, device=b.x0.device), x_t, tt, b.ctx,
-                            teacher_forcing(pattern), actions=b.actions)
+        a = None if b.actions is None else Actions.cat([b.actions, b.actions], dim=1)
+        v = net(torch.cat([b.x0, x_t], dim=2), torch.cat([torch.zeros_like(tt), tt], dim=1), b.ctx,
+                mask=teacher_forcing(pattern), actions=a)[:, :, T:]
     return (v.float() - (b.eps - b.x0).float()).square().flatten(1).mean(1)
 
 
-def permuted_actions(b: obj.Batch, generator: torch.Generator) -> obj.Batch:
+def permuted_actions(b, generator: torch.Generator):
     """The batch with its action sequences permuted across samples (a derangement where B > 1)."""
     n = b.x0.shape[0]
     perm = torch.randperm(n, generator=generator)
@@ -46,7 +48,7 @@ def permuted_actions(b: obj.Batch, generator: torch.Generator) -> obj.Batch:
 
 
 @torch.no_grad()
-def action_sensitivity(net, batches: Iterable[obj.Batch], times: Sequence[float],
+def action_sensitivity(net, batches: Iterable, times: Sequence[float],
                        pattern: ChunkPattern | None = None, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Per t: the mean error with the true and with permuted actions over all samples, and their ratio with a
     95 % bootstrap interval over samples (paired: each sample's two errors resampled together)."""
