@@ -3,9 +3,9 @@ the same batches with the actions permuted across the batch (each video keeps a 
 
 A model that ignores its actions scores a ratio of exactly 1; one that follows them does worse with another
 video's actions (ratio > 1; a Blobworld-agent causal teacher that follows its keys: 1.3 at t ≥ 0.7,
-docs/results/world_models.md). Bidirectional
-teachers are scored on the whole video at one noise level t (their training loss), causal models in the TF
-layout of their chunk pattern (clean context, noisy half at t; METHOD.md §3), both unweighted.
+docs/results/world_models.md). Bidirectional teachers are scored on the whole video at one noise level t (their
+training loss), causal models in the TF layout of their chunk pattern (clean context, noisy half at t;
+METHOD.md §3), both unweighted.
 """
 from __future__ import annotations
 

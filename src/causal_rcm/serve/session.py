@@ -137,8 +137,8 @@ class Player:
         if g.atari or g.options.start_rendered:
             frames, acts = self._start_frames(m) if g.atari else self._rendered_start(m.seed, prompt)
             prefill = b.codec.encode(to_unit(frames[None]).to(dev))
-            prefill_actions = encode_actions(frame_action_ids(acts[None], prefill.shape[2], self.game.stride),
-                                             g.n_actions, dev)
+            prefill_actions = None if not g.n_actions else encode_actions(
+                frame_action_ids(acts[None], prefill.shape[2], self.game.stride), g.n_actions, dev)
             now = time.monotonic()
             first = [OutFrame(k, -1 if k == 0 else int(acts[k - 1]), NO_T_CLIENT, png(f),
                               png(f) if self.side_by_side else None, now + k / g.options.fps)
