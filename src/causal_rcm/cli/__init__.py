@@ -28,18 +28,24 @@ def main(argv: list[str] | None = None) -> int:
     from ..train.loop import Interrupted
 
     prog = f"causal-rcm {args.command}"
+    code = 1
     try:
-        return _run(args, prog, Interrupted)
+        code = _run(args, prog, Interrupted)
+        return code
     finally:
-        _leave_group()
+        _leave_group(together=code == 0)
 
 
-def _leave_group() -> None:
+def _leave_group(together: bool) -> None:
     """Under torchrun: leave the process group before the interpreter exits (a group left to the exit
-    handlers can abort a rank in its communication threads' teardown)."""
+    handlers can abort a rank in its communication threads' teardown), after the other ranks are done too when
+    this one succeeded (a rank that leaves while a peer still talks to it aborted once: "terminate called
+    without an active exception"); a failed rank leaves at once, torchrun stops the others."""
     from ..train import distributed as D
 
     if D.initialized():
+        if together:
+            D.dist.barrier()
         D.dist.destroy_process_group()
 
 
