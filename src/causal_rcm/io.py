@@ -12,6 +12,7 @@ and what ships in ``assets/``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -41,13 +42,16 @@ def say(message: str) -> None:
 
 
 # ----- atomic files ---------------------------------------------------------------------------------------
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a flushed temporary file and a rename."""
+def atomic_write(path: str | Path, data) -> Path:
+    """Write ``data`` (bytes, str, or an iterable of byte chunks: never joined in memory) to ``path`` through a
+    flushed temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    chunks = [data.encode()] if isinstance(data, str) else [data] if isinstance(data, (bytes, bytearray)) else data
     with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        for chunk in chunks:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -159,10 +163,15 @@ def split_prefixes(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torc
     return groups
 
 
+def _raw_bytes(v: torch.Tensor) -> memoryview | bytes:
+    """A contiguous CPU tensor's own bytes, without a copy."""
+    return memoryview(v.reshape(-1).view(torch.uint8).numpy()) if v.numel() else b""
+
+
 def _hash_tensor(h, k: str, v: torch.Tensor) -> None:
     v = v.contiguous()
     h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-    h.update(memoryview(v.reshape(-1).view(torch.uint8).numpy()) if v.numel() else b"")  # no copy
+    h.update(_raw_bytes(v))
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -196,18 +205,8 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
         offset += size
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data start 8-byte aligned, as safetensors writes them
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(len(head).to_bytes(8, "little") + head)
-        for k in names:
-            v = tensors[k].detach().cpu().contiguous()
-            if v.numel():
-                f.write(memoryview(v.reshape(-1).view(torch.uint8).numpy()))  # the tensor's own bytes, no copy
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    body = (_raw_bytes(tensors[k].detach().cpu().contiguous()) for k in names)  # one tensor at a time
+    return atomic_write(path, itertools.chain([len(head).to_bytes(8, "little") + head], body))
 
 
 def save_bundle(path: str | Path, modules: dict, config: dict, dtype: torch.dtype | None = None) -> Path:

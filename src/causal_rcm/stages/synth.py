@@ -312,14 +312,11 @@ def _source(cfg: SynthConfig, bundle: Bundle, world) -> dict | None:
             raise ValueError(f"a {world.config.name} world model starts from real frames: give data= (a file from "
                              "`causal-rcm world sample`) whose first frames and actions the teacher follows")
         return None
-    from ..worlds.samples import load_samples
+    from ..worlds.samples import load_world_samples
 
-    s = load_samples(cfg.data)
+    s = load_world_samples(cfg.data, world.config)
     if "actions" not in s:
         raise ValueError(f"{cfg.data} holds no actions; the synthetic data of a world model follow its actions")
-    if s["videos"].shape[1:] != (world.config.frames, world.config.size, world.config.size, 3):
-        raise ValueError(f"{cfg.data} holds videos {s['videos'].shape[1:]}, the teacher's world has "
-                         f"{(world.config.frames, world.config.size, world.config.size, 3)}")
     P = bundle.first_block_frames if world.starts_from_frames else 0
     return {"actions": s["actions"], "first": s["videos"][:, :P] if P else None,
             "sha256": hashlib.sha256(s["videos"].tobytes() + s["actions"].tobytes()).hexdigest()}

@@ -203,13 +203,9 @@ def train_teacher(cfg: TeacherConfig, run_dir: str | Path, device: str | None = 
 
 
 def _training_file(cfg: TeacherConfig) -> dict:
-    from ..worlds.samples import load_samples
+    from ..worlds.samples import load_world_samples
 
-    s = load_samples(cfg.data)
-    want = (cfg.world.frames, cfg.world.size, cfg.world.size, 3)
-    if s["videos"].shape[1:] != want:
-        raise ValueError(f"data={cfg.data} holds videos {s['videos'].shape[1:]}; world {cfg.world} needs {want}")
-    return s
+    return load_world_samples(cfg.data, cfg.world)
 
 
 def resolve(preset_name: str, overrides: list[str]) -> TeacherConfig:

@@ -206,16 +206,12 @@ class TFData:
 
 def _world_file(path: str, bundle: Bundle, with_ode: bool) -> dict:
     """A world sample file's videos, prompts and actions, checked against the model's world."""
-    from ..worlds.samples import load_samples
+    from ..worlds.samples import load_world_samples
 
     if with_ode:
         raise ValueError(f"data={path} is a world sample file; this method needs the teacher's ODE states "
                          "(a synthetic dataset folder written by `causal-rcm synth ode_times=...`)")
-    world = bundle.world_or_raise()
-    s = load_samples(path)
-    want = (world.frames, world.size, world.size, 3)
-    if s["videos"].shape[1:] != want:
-        raise ValueError(f"data={path} holds videos {s['videos'].shape[1:]}; the model's world {world} has {want}")
+    s = load_world_samples(path, bundle.world_or_raise())
     return {k: s[k] for k in ("videos", "prompts", "actions") if k in s}
 
 

@@ -83,6 +83,15 @@ def load_samples(path: str | os.PathLike) -> dict:
     return out
 
 
+def load_world_samples(path: str | os.PathLike, world) -> dict:
+    """``load_samples`` of a file that must hold videos of ``world`` (a WorldConfig): frames × size × size."""
+    s = load_samples(path)
+    want = (world.frames, world.size, world.size, 3)
+    if s["videos"].shape[1:] != want:
+        raise ValueError(f"data={path} holds videos {s['videos'].shape[1:]}; world {world} needs {want}")
+    return s
+
+
 def world_of(samples: dict):
     """The world a sample file belongs to: its stored ``world`` (generate writes it), else read off the file
     (an Atari file carries ``game``; Blobworld files are "agent" exactly when they carry actions)."""
