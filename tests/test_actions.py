@@ -30,6 +30,13 @@ def _recording(monkeypatch) -> list:
     return seen
 
 
+def _agent_model(world: WorldConfig, sampling, kind: str) -> Bundle:
+    """A random-init Blobworld-agent model of the blob-tiny size (five actions) with its world text encoder."""
+    net = WanDiT(dataclasses.replace(preset("blob-tiny"), action_dim=5)).eval()
+    text = WorldTextEncoder.for_prompts(list(make_world(world).prompts()), dim=32, num_layers=1, num_heads=2)
+    return Bundle(net, text, sampling, world, kind)
+
+
 def _expected(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One-hot features [N, T, 5] and valid [N, T] for integer actions [N, T − 1]: frame k carries a_{k−1}."""
     n, t1 = actions.shape
@@ -67,13 +74,9 @@ def test_sampling_gives_the_conditional_branch_the_actions_and_follows_them(monk
     """Euler + CFG of an action-conditioned teacher: the conditional half of every call carries the given
     actions (frame k: a_{k−1}), the unconditional half none; other actions give other videos."""
     torch.manual_seed(0)
-    world = WorldConfig(size=16, frames=9, variant="agent")
-    net = WanDiT(dataclasses.replace(preset("blob-tiny"), action_dim=5)).eval()
-    torch.nn.init.normal_(net.head.head.weight, std=0.02)          # a network whose output is not zero
-    torch.nn.init.normal_(net.action_embedding.mlp[2].weight, std=1.0)  # and depends on the actions
-    w = make_world(world)
-    text = WorldTextEncoder.for_prompts(list(w.prompts()), dim=32, num_layers=1, num_heads=2)
-    bundle = Bundle(net, text, Euler(steps=3, cfg=3.0), world, "teacher")
+    bundle = _agent_model(WorldConfig(size=16, frames=9, variant="agent"), Euler(steps=3, cfg=3.0), "teacher")
+    torch.nn.init.normal_(bundle.net.head.head.weight, std=0.02)          # a network whose output is not zero
+    torch.nn.init.normal_(bundle.net.action_embedding.mlp[2].weight, std=1.0)  # and depends on the actions
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 5, (4, 8)), rng.integers(0, 5, (4, 8))
     prompts = ["no ball", "a red ball", "no ball", "a blue ball"]
@@ -94,11 +97,8 @@ def test_generate_from_given_frames_keeps_their_prompts_and_actions(tmp_path):
     from causal_rcm.stream.sampling import FewStep
 
     torch.manual_seed(0)
-    world = WorldConfig(size=16, frames=5, variant="agent")
-    net = WanDiT(dataclasses.replace(preset("blob-tiny"), action_dim=5)).eval()
-    w = make_world(world)
-    text = WorldTextEncoder.for_prompts(list(w.prompts()), dim=32, num_layers=1, num_heads=2)
-    Bundle(net, text, FewStep(pattern="c1-1", steps_first=1, steps=1), world, "student").save(tmp_path / "m.safetensors")
+    _agent_model(WorldConfig(size=16, frames=5, variant="agent"), FewStep(pattern="c1-1", steps_first=1, steps=1),
+                 "student").save(tmp_path / "m.safetensors")
     data = tmp_path / "data.npz"
     assert main(["world", "sample", "--variant", "agent", "--n", "5", "--size", "16", "--frames", "5",
                  "--seed", "3", "--out", str(data)]) == 0
