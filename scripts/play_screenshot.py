@@ -33,13 +33,15 @@ def main():
     ap.add_argument("--keys", default="ArrowRight,ArrowDown,ArrowLeft", help="keys held one after another")
     ap.add_argument("--hold", type=float, default=1.2, help="seconds each key is held")
     ap.add_argument("--side-by-side", action="store_true")
+    ap.add_argument("--start-rendered", action="store_true", help="Blobworld: start from the rendered first frame")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     a = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-u", "-m", "causal_rcm.cli", "play", "--ckpt", a.ckpt, "--port", "0",
-           "--device", a.device, "--fps", a.fps] + (["--side-by-side"] if a.side_by_side else [])
+           "--device", a.device, "--fps", a.fps] + (["--side-by-side"] if a.side_by_side else []) + (
+           ["--start-rendered"] if a.start_rendered else [])
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         for line in server.stdout:

@@ -6,7 +6,8 @@ cut the stream into clips of the trained length and score each clip with the wor
         --policy 8:1 --policy 9:0 --policy 4:1 --out results/play_window_cpu.json
 
 ``--policy W:S`` is a window of W blocks with S sink blocks (repeatable). Prints, per policy, the metrics of
-the first clip and of the clips after ``--late`` frames, averaged over ``--seeds`` streams.
+the first clip and of the clips after ``--late`` frames, averaged over ``--seeds`` streams (each stream's late
+clips averaged first), with 95 % bootstrap intervals over the streams.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ METRICS = {"agent": ("prompt_accuracy", "persistence", "artifact_rate", "action_
            "t2v": ("prompt_accuracy", "persistence", "artifact_rate", "size_stability", "motion_error")}
 
 
-def roll_out(bundle, window: int, sink: int, frames: int, seed: int, prompt: str):
+def roll_out(bundle, window: int, sink: int, frames: int, seed: int, prompt: str, start_rendered: bool = False):
     """(frames uint8 [T, H, W, 3], actions int64 [T − 1]) of one stream with sticky random keys."""
     from causal_rcm.serve.options import PlayOptions
     from causal_rcm.serve.protocol import Start
@@ -32,7 +33,7 @@ def roll_out(bundle, window: int, sink: int, frames: int, seed: int, prompt: str
     from PIL import Image
     import io
 
-    game = Game(bundle, PlayOptions(window=window, sink=sink))
+    game = Game(bundle, PlayOptions(window=window, sink=sink, start_rendered=start_rendered))
     out, acts = [], []
     p = Player(game, lambda fs, ms: out.extend(fs), lambda msg: None)
     p.request_start(Start(seed, prompt))
@@ -48,6 +49,15 @@ def roll_out(bundle, window: int, sink: int, frames: int, seed: int, prompt: str
     return video, acts
 
 
+def _mean_ci(values: np.ndarray, n_boot: int = 1000) -> tuple[float, list[float]]:
+    """The mean over streams (NaN where undefined skipped) and its 95 % percentile-bootstrap interval."""
+    v = values[~np.isnan(values)]
+    if not len(v):
+        return float("nan"), [float("nan"), float("nan")]
+    boot = v[np.random.default_rng(0).integers(0, len(v), (n_boot, len(v)))].mean(1)
+    return float(v.mean()), [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
@@ -55,6 +65,7 @@ def main():
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--late", type=int, default=100, help="clips starting after this frame are 'late'")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--start-rendered", action="store_true", help="streams start from the rendered first frame")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from causal_rcm.stream.bundle import Bundle
@@ -70,24 +81,30 @@ def main():
     rows = []
     for spec in a.policy or ["8:1", "9:0"]:
         w, s = (int(x) for x in spec.split(":"))
-        early, late = [], []
+        early, late = [], []  # per stream: the first clip's metrics, the mean of its late clips' metrics
         for seed in range(a.seeds):
             prompt = prompts[(7 * seed) % len(prompts)]
-            video, acts = roll_out(bundle, w, s, a.frames, seed, prompt)
-            starts = range(0, a.frames - T + 1, T)
-            for k in starts:
-                ca = None if acts is None else acts[None, k:k + T - 1]
-                m = evaluate(video[None, k:k + T], [prompt], ca, variant)
-                (early if k == 0 else late if k >= a.late else []).append([m[x] for x in metrics])
-        row = {"window": w, "sink": s, **{f"first_{x}": float(np.nanmean([e[i] for e in early]))
-                                          for i, x in enumerate(metrics)},
-               **{f"late_{x}": float(np.nanmean([e[i] for e in late])) for i, x in enumerate(metrics)}}
+            video, acts = roll_out(bundle, w, s, a.frames, seed, prompt, a.start_rendered)
+            clips = []
+            for k in range(0, a.frames - T + 1, T):
+                if k == 0 or k >= a.late:
+                    ca = None if acts is None else acts[None, k:k + T - 1]
+                    m = evaluate(video[None, k:k + T], [prompt], ca, variant)
+                    clips.append([m[x] for x in metrics])
+            early.append(clips[0])
+            late.append(np.nanmean(clips[1:], axis=0) if len(clips) > 1 else [np.nan] * len(metrics))
+        row = {"window": w, "sink": s}
+        for when, per_stream in (("first", np.array(early, float)), ("late", np.array(late, float))):
+            for i, x in enumerate(metrics):
+                row[f"{when}_{x}"], row[f"{when}_{x}_ci95"] = _mean_ci(per_stream[:, i])
         rows.append(row)
-        print(f"window {w} sink {s}: " + ", ".join(f"{x} {row['first_' + x]:.2f} -> {row['late_' + x]:.2f}"
-                                                  for x in metrics), flush=True)
+        ci = lambda key: f"{row[key]:.2f} [{row[key + '_ci95'][0]:.2f}, {row[key + '_ci95'][1]:.2f}]"
+        print(f"window {w} sink {s} (n = {a.seeds} streams, 95 % bootstrap over streams): " +
+              ", ".join(f"{x} {ci('first_' + x)} -> {ci('late_' + x)}" for x in metrics), flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"ckpt": a.ckpt, "frames": a.frames, "late": a.late, "seeds": a.seeds,
+                                           "start_rendered": a.start_rendered,
                                            "rows": rows}, indent=2))
         print(f"wrote {a.out}")
 
